@@ -1,0 +1,44 @@
+"""Run blocking calls from Tornado and asyncio code on named executors.
+
+>>> import asyncio, time
+>>> from offload import offload
+>>> @offload
+... def blocking(x):
+...     time.sleep(0.01)
+...     return x + 1
+>>> async def main():
+...     return await blocking(41)
+>>> asyncio.run(main())
+42
+"""
+
+from __future__ import annotations
+
+from ._api import get_executor as get_executor
+from ._api import offload as offload
+from ._api import register as register
+from ._api import shutdown as shutdown
+from ._decorator import Offloader as Offloader
+from ._errors import ExecutorShutdownError as ExecutorShutdownError
+from ._errors import UnknownExecutorError as UnknownExecutorError
+from ._pool import ThreadPool as ThreadPool
+from ._registry import Registry as Registry
+from ._tornado import run_on_executor as run_on_executor
+
+__all__ = (
+    "ExecutorShutdownError",
+    "Offloader",
+    "Registry",
+    "ThreadPool",
+    "UnknownExecutorError",
+    "get_executor",
+    "offload",
+    "register",
+    "run_on_executor",
+    "shutdown",
+)
+
+# Show the public path in reprs, tracebacks and docs, not the private module.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -1,0 +1,109 @@
+"""The module-level API: the shared registry and its functions."""
+
+from __future__ import annotations
+
+from asyncio import Future
+from concurrent.futures import Executor
+from typing import Any, Callable, ParamSpec, TypeVar, overload
+
+from ._decorator import ExecutorSpec, Offloader, decorate
+from ._registry import ExecutorOrFactory, Registry
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: The registry behind the module-level functions.
+default_registry = Registry()
+
+
+@overload
+def offload(fn: classmethod[T, P, R], /, *, executor: ExecutorSpec | None = None) -> classmethod[T, P, Future[R]]: ...
+@overload
+def offload(fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None) -> staticmethod[P, Future[R]]: ...
+@overload
+def offload(fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None) -> Callable[P, Future[R]]: ...
+@overload
+def offload(executor: ExecutorSpec | None = None, /) -> Offloader: ...
+@overload
+def offload(*, executor: ExecutorSpec | None = None) -> Offloader: ...
+def offload(fn: Any = None, /, executor: Any = None) -> Any:
+    """Make a blocking callable return a Future that runs it on an executor.
+
+    Forms: ``@offload``, ``@offload()``, ``@offload("io")``,
+    ``@offload(executor="io")``, and the plain call ``offload(fn)`` or
+    ``offload(fn, executor="io")`` to wrap a callable you do not own. It wraps
+    functions, methods, classmethods and staticmethods (put ``@offload`` above
+    ``@classmethod``), callable objects and bound methods.
+
+    Calling the result returns an ``asyncio.Future`` (Tornado's Future) on the
+    running loop: ``await`` it, ``yield`` it from ``@gen.coroutine``, or pass it
+    to ``gen.multi`` or ``asyncio.gather``. The original stays reachable as
+    ``__wrapped__`` for the plain synchronous call.
+
+    Args:
+        fn: The callable to wrap; omit it to get a decorator.
+        executor: A name looked up in the registry on every call (so it may be
+            registered or re-pointed later), or an ``Executor`` used as is.
+            Defaults to ``"default"``.
+
+    Raises:
+        TypeError: ``fn`` is not callable, is async (await it directly
+            instead), or ``executor`` is neither a name nor an Executor.
+
+    Example:
+        >>> import asyncio, time
+        >>> from offload import offload
+        >>> @offload("io")
+        ... def slow_square(x):
+        ...     time.sleep(0.01)
+        ...     return x * x
+        >>> async def main():
+        ...     return await asyncio.gather(slow_square(2), slow_square(3))
+        >>> asyncio.run(main())
+        [4, 9]
+        >>> nap = offload(time.sleep)  # a function you do not own
+        >>> async def rest():
+        ...     await nap(0.01)
+        >>> asyncio.run(rest())
+    """
+    return decorate(default_registry, fn, executor)
+
+
+def register(
+    name: str, executor_or_factory: ExecutorOrFactory, *, replace: bool = False, default: bool = False
+) -> None:
+    """Register an executor, or a factory for one, under ``name``.
+
+    See :meth:`Registry.register` for the arguments and the lookup order.
+
+    Example:
+        >>> import offload
+        >>> offload.register("db", lambda: offload.ThreadPool(4, name="offload-db"))
+        >>> offload.get_executor("db").max_workers
+        4
+    """
+    default_registry.register(name, executor_or_factory, replace=replace, default=default)
+
+
+def get_executor(name: str = "default") -> Executor:
+    """The executor registered as ``name``, created on first use.
+
+    Example:
+        >>> import offload
+        >>> offload.get_executor("io")
+        <offload.ThreadPool 'offload-io' max_workers=64 ...>
+    """
+    return default_registry.get_executor(name)
+
+
+def shutdown(wait: bool = True, cancel_futures: bool = False, timeout: float | None = None) -> None:
+    """Shut down every executor in the shared registry.
+
+    See :meth:`Registry.shutdown`. Call it once as your application exits.
+
+    Example:
+        >>> import offload
+        >>> offload.shutdown(timeout=10.0)  # doctest: +SKIP
+    """
+    default_registry.shutdown(wait=wait, cancel_futures=cancel_futures, timeout=timeout)

@@ -1,0 +1,112 @@
+"""The ``offload`` decorator: wrap a blocking callable so that calling it
+returns a Future on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from asyncio import Future
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeVar, Union, overload
+
+import wrapt
+
+from ._dispatch import dispatch
+from ._errors import no_running_loop
+
+if TYPE_CHECKING:
+    from ._registry import Registry
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: Where an offloaded call runs: a registered name, or an Executor used as is.
+ExecutorSpec = Union[str, Executor]
+
+_get_running_loop = asyncio._get_running_loop
+
+
+class Offloader(Protocol):
+    """What ``offload(...)`` returns when given options: the decorator itself."""
+
+    @overload
+    def __call__(self, fn: classmethod[T, P, R], /) -> classmethod[T, P, Future[R]]: ...
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Future[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Future[R]]: ...
+
+
+class OffloadedFunction(wrapt.FunctionWrapper[..., Any]):
+    """A callable wrapped by ``offload``; ``__wrapped__`` is the sync original."""
+
+    def __repr__(self) -> str:
+        return f"<offloaded {self.__wrapped__!r}>"
+
+
+def _check_spec(spec: object) -> ExecutorSpec:
+    if spec is None:
+        return "default"
+    if isinstance(spec, Executor) or (isinstance(spec, str) and spec):
+        return spec
+    raise TypeError(
+        f"the executor must be a registered name (str) or a concurrent.futures.Executor, got {spec!r}"
+    )
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, functools.partial):
+        return False
+    call = getattr(type(fn), "__call__", None)  # an object with an async __call__
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+def _check_target(fn: object) -> None:
+    func = fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn
+    if isinstance(func, OffloadedFunction):
+        raise TypeError(f"{func!r} is already offloaded; decorate the original function once")
+    if not callable(func):
+        raise TypeError(
+            f"offload() needs a callable to wrap, or an executor name or Executor; got {fn!r}"
+        )
+    if _is_async(func):
+        raise TypeError(
+            f"{func!r} is async: it does not block the loop, so await it directly "
+            "instead of offloading it"
+        )
+
+
+def wrap(registry: Registry, fn: Any, spec: ExecutorSpec) -> Any:
+    """Wrap ``fn`` so each call runs on the executor ``spec`` names."""
+    _check_target(fn)
+    resolve: Callable[[], Executor]
+    if isinstance(spec, str):
+        resolve = functools.partial(registry.get_executor, spec)
+    else:
+        resolve = functools.partial(_same, spec)
+
+    def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        loop = _get_running_loop()
+        if loop is None:
+            raise no_running_loop(wrapped)
+        return dispatch(loop, resolve(), wrapped, args, kwargs)
+
+    return OffloadedFunction(fn, run_offloaded)
+
+
+def _same(executor: Executor) -> Executor:
+    return executor
+
+
+def decorate(registry: Registry, target: Any, executor: Any) -> Any:
+    """Sort out the decorator's forms: bare, with options, or a plain call."""
+    if target is None or isinstance(target, (str, Executor)):
+        if target is not None and executor is not None:
+            raise TypeError("give the executor once: offload('io') or offload(executor='io')")
+        spec = _check_spec(target if target is not None else executor)
+        return lambda fn: wrap(registry, fn, spec)
+    return wrap(registry, target, _check_spec(executor))

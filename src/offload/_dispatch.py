@@ -1,0 +1,35 @@
+"""Handing a call to an executor: the fast path for offload's pool, the generic
+path for any other ``concurrent.futures.Executor``."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from contextvars import copy_context
+from typing import Any, Callable
+
+from ._delivery import Call, delivery_for
+from ._pool import ThreadPool
+
+
+def dispatch(
+    loop: asyncio.AbstractEventLoop,
+    executor: Executor,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> asyncio.Future[Any]:
+    """Run ``fn(*args, **kwargs)`` on ``executor``; return a Future on ``loop``.
+
+    The caller's contextvars travel as a copy, so what the worker sets does not
+    leak back and concurrent calls do not see each other's values.
+    """
+    future = loop.create_future()
+    call = Call(future, delivery_for(loop), copy_context(), fn, args, kwargs)
+    if isinstance(executor, ThreadPool):
+        executor._put(call)
+    else:
+        # The call delivers its own outcome; the pool's Future only matters if
+        # the pool cancels the job without running it (shutdown(cancel_futures)).
+        executor.submit(call).add_done_callback(call.pool_done)
+    return future

@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated registry per test, and the executor kinds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import pytest
+
+import offload
+
+#: How long a test waits for another thread before it counts as a hang.
+WAIT = 10.0
+
+
+def hold(started: threading.Event, release: threading.Event) -> Callable[[], bool]:
+    """A blocking body that reports it started, then waits until released."""
+
+    def body() -> bool:
+        started.set()
+        return release.wait(WAIT)
+
+    return body
+
+
+@pytest.fixture
+def registry() -> Iterator[offload.Registry]:
+    """A registry of its own, shut down when the test ends."""
+    reg = offload.Registry()
+    yield reg
+    reg.shutdown(wait=True, cancel_futures=True, timeout=WAIT)
+
+
+@pytest.fixture(params=["offload-pool", "stdlib-pool"])
+def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
+    """Each test that takes it runs on offload's pool (fast path) and on a stdlib pool (generic path)."""
+    pool: Executor = (
+        offload.ThreadPool(4, name="offload-test")
+        if request.param == "offload-pool"
+        else ThreadPoolExecutor(4, thread_name_prefix="stdlib-test")
+    )
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
