@@ -42,7 +42,9 @@ def test_non_callables_are_refused_at_decoration(target: object) -> None:
         offload.offload(target)  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("spec", [42, "", object(), ThreadPoolExecutor], ids=["int", "empty", "object", "class"])
+@pytest.mark.parametrize(
+    "spec", [42, "", object(), ThreadPoolExecutor], ids=["int", "empty", "object", "class"]
+)
 def test_bad_executor_specs_are_refused_at_decoration(spec: object) -> None:
     """An executor that is neither a name nor an Executor instance is a TypeError."""
     with pytest.raises(TypeError, match="registered name"):

@@ -53,7 +53,9 @@ async def test_cancelled_before_start_never_runs(one_worker: Executor) -> None:
 
 
 @pytest.mark.parametrize("outcome", ["result", "exception"])
-async def test_cancelled_while_running_drops_the_late_outcome(one_worker: Executor, outcome: str) -> None:
+async def test_cancelled_while_running_drops_the_late_outcome(
+    one_worker: Executor, outcome: str
+) -> None:
     """The Future is cancelled at once; the thread finishes and nothing is logged."""
     errors = _record_loop_errors()
     started, release = threading.Event(), threading.Event()

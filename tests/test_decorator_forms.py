@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -79,7 +80,9 @@ async def test_call_arguments_named_like_options_pass_through(registry: offload.
     assert await echo(**sent) == sent
 
 
-async def test_decorating_before_registering_resolves_at_call_time(registry: offload.Registry) -> None:
+async def test_decorating_before_registering_resolves_at_call_time(
+    registry: offload.Registry,
+) -> None:
     """A name used before it is registered works once it is registered."""
 
     @registry.offload("later")

@@ -23,7 +23,10 @@ def test_demo_runs_both_shapes_and_reports(capsys: pytest.CaptureFixture[str]) -
 def test_demo_help_explains_the_flag() -> None:
     """``--help`` documents the duration flag."""
     done = subprocess.run(
-        [sys.executable, "-m", "offload", "demo", "--help"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "offload", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0
     assert "--max-seconds" in done.stdout

@@ -32,7 +32,9 @@ def test_builtin_sizes_follow_environment_variables(
     assert registry.get_executor("io").max_workers == 7  # type: ignore[attr-defined]
 
 
-def test_a_bad_size_variable_is_a_clear_error(registry: offload.Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_size_variable_is_a_clear_error(
+    registry: offload.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A non-positive or non-integer size names the variable."""
     monkeypatch.setenv("OFFLOAD_IO_WORKERS", "many")
     with pytest.raises(ValueError, match="OFFLOAD_IO_WORKERS must be a positive integer"):

@@ -212,7 +212,9 @@ def test_missing_attribute_raises_attribute_error() -> None:
     ],
     ids=["two-functions", "unknown-option", "executor-not-a-name"],
 )
-def test_bad_forms_are_refused(args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception]) -> None:
+def test_bad_forms_are_refused(
+    args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception]
+) -> None:
     """Forms Tornado does not accept, and options it would silently ignore, are errors."""
     with pytest.raises(error):
         run_on_executor(*args, **kwargs)

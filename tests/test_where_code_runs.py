@@ -44,6 +44,7 @@ async def test_exception_keeps_the_workers_traceback(executor: Executor) -> None
 
 async def test_stop_iteration_becomes_a_runtime_error(executor: Executor) -> None:
     """StopIteration cannot travel through a Future, so it arrives as its cause."""
+
     def exhausted() -> int:
         return next(iter(list[int]()))
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from asyncio import Future
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
 from ._registry import ExecutorOrFactory, Registry
@@ -18,11 +19,17 @@ default_registry = Registry()
 
 
 @overload
-def offload(fn: classmethod[T, P, R], /, *, executor: ExecutorSpec | None = None) -> classmethod[T, P, Future[R]]: ...
+def offload(
+    fn: classmethod[T, P, R], /, *, executor: ExecutorSpec | None = None
+) -> classmethod[T, P, Future[R]]: ...
 @overload
-def offload(fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None) -> staticmethod[P, Future[R]]: ...
+def offload(
+    fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None
+) -> staticmethod[P, Future[R]]: ...
 @overload
-def offload(fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None) -> Callable[P, Future[R]]: ...
+def offload(
+    fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None
+) -> Callable[P, Future[R]]: ...
 @overload
 def offload(executor: ExecutorSpec | None = None, /) -> Offloader: ...
 @overload
@@ -71,7 +78,11 @@ def offload(fn: Any = None, /, executor: Any = None) -> Any:
 
 
 def register(
-    name: str, executor_or_factory: ExecutorOrFactory, *, replace: bool = False, default: bool = False
+    name: str,
+    executor_or_factory: ExecutorOrFactory,
+    *,
+    replace: bool = False,
+    default: bool = False,
 ) -> None:
     """Register an executor, or a factory for one, under ``name``.
 

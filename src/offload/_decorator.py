@@ -1,5 +1,4 @@
-"""The ``offload`` decorator: wrap a blocking callable so that calling it
-returns a Future on the running loop."""
+"""The ``offload`` decorator: calling the wrapped callable returns a Future."""
 
 from __future__ import annotations
 
@@ -7,8 +6,9 @@ import asyncio
 import functools
 import inspect
 from asyncio import Future
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Union, overload
 
 import wrapt
 
@@ -52,7 +52,8 @@ def _check_spec(spec: object) -> ExecutorSpec:
     if isinstance(spec, Executor) or (isinstance(spec, str) and spec):
         return spec
     raise TypeError(
-        f"the executor must be a registered name (str) or a concurrent.futures.Executor, got {spec!r}"
+        "the executor must be a registered name (str) or a concurrent.futures.Executor, "
+        f"got {spec!r}"
     )
 
 
@@ -61,7 +62,7 @@ def _is_async(fn: Any) -> bool:
         return True
     if inspect.isroutine(fn) or isinstance(fn, functools.partial):
         return False
-    call = getattr(type(fn), "__call__", None)  # an object with an async __call__
+    call = type(fn).__call__  # an object with an async __call__
     return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
 
 
@@ -89,7 +90,7 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec) -> Any:
     else:
         resolve = functools.partial(_same, spec)
 
-    def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+    def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
         loop = _get_running_loop()
         if loop is None:
             raise no_running_loop(wrapped)

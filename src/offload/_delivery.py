@@ -13,9 +13,10 @@ import asyncio
 import collections
 import os
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future as ConcurrentFuture
 from contextvars import Context
-from typing import Any, Callable
+from typing import Any
 
 #: Futures resolved per loop callback before yielding to the rest of the loop.
 MAX_PER_WAKEUP = 256
@@ -30,9 +31,7 @@ class Delivery:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_ref = weakref.ref(loop)
-        self._pending: collections.deque[tuple[asyncio.Future[Any], Any, Any]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[tuple[asyncio.Future[Any], Any, Any]] = collections.deque()
         self._scheduled = False
 
     def push(self, future: asyncio.Future[Any], result: Any, exc: Any) -> None:
@@ -45,12 +44,13 @@ class Delivery:
         self._scheduled = True
         loop = self._loop_ref()
         try:
-            if loop is None:
-                raise RuntimeError("the loop was collected")
-            loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:
-            # The loop is closed or gone: nobody can await these futures.
-            self._pending.clear()
+            if loop is not None:
+                loop.call_soon_threadsafe(self._drain)
+                return
+        except RuntimeError:  # the loop is closed
+            pass
+        # The loop is closed or gone: nobody can await these futures.
+        self._pending.clear()
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -109,7 +109,7 @@ class Call:
 
     __slots__ = ("args", "context", "delivery", "fn", "future", "kwargs")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # one positional slot per field, built once per call
         self,
         future: asyncio.Future[Any],
         delivery: Delivery,

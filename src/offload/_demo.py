@@ -78,7 +78,10 @@ async def run(max_seconds: float, seed: int | None) -> float:
     heartbeat = Heartbeat()
     heartbeat.start()
     started = time.monotonic()
-    print(f"{TASKS} blocking tasks, up to {max_seconds:g}s each, yielded one by one from @gen.coroutine:")
+    print(
+        f"{TASKS} blocking tasks, up to {max_seconds:g}s each, "
+        "yielded one by one from @gen.coroutine:"
+    )
     await one_after_another(durations)
     sequential = time.monotonic() - started
     print(f"{TASKS} blocking tasks awaited together from async def:")

@@ -1,12 +1,16 @@
-"""Handing a call to an executor: the fast path for offload's pool, the generic
-path for any other ``concurrent.futures.Executor``."""
+"""Handing a call to an executor.
+
+offload's own pool takes the call object directly (the fast path); any other
+``concurrent.futures.Executor`` gets it through ``submit`` (the generic path).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import copy_context
-from typing import Any, Callable
+from typing import Any
 
 from ._delivery import Call, delivery_for
 from ._pool import ThreadPool

@@ -16,7 +16,8 @@ class UnknownExecutorError(LookupError):
         ...     registry.get_executor("gpu")
         ... except offload.UnknownExecutorError as exc:
         ...     print(exc)
-        no executor is registered as 'gpu' (registered: 'default', 'io'); register one with offload.register('gpu', executor_or_factory)
+        no executor is registered as 'gpu' (registered: 'default', 'io');
+        register one with offload.register('gpu', executor_or_factory)
     """
 
     def __init__(self, name: str, registered: tuple[str, ...]) -> None:
@@ -42,7 +43,8 @@ class ExecutorShutdownError(RuntimeError):
         ...     registry.get_executor("io")
         ... except offload.ExecutorShutdownError as exc:
         ...     print(exc)
-        the executor 'io' was shut down and takes no new calls; register a new one with register('io', executor_or_factory, replace=True)
+        the executor 'io' was shut down and takes no new calls;
+        register a new one with register('io', executor_or_factory, replace=True)
     """
 
 

@@ -14,9 +14,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ._errors import ExecutorShutdownError
 
@@ -114,7 +115,9 @@ class ThreadPool(Executor):
             if self._idle < self._queue.qsize() and len(self._threads) < self._max_workers:
                 self._start_worker()
 
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> ConcurrentFuture[T]:
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
         self._put(_SubmittedCall(future, fn, args, kwargs))

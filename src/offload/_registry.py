@@ -7,14 +7,14 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures import Executor
 from asyncio import Future
-from typing import Any, Callable, ParamSpec, TypeVar, Union, overload
-
-from ._errors import ExecutorShutdownError, UnknownExecutorError
-from ._pool import ThreadPool, default_thread_count
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, ParamSpec, TypeVar, Union, cast, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
+from ._errors import ExecutorShutdownError, UnknownExecutorError
+from ._pool import ThreadPool, default_thread_count
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,7 +56,11 @@ class _Entry:
     __slots__ = ("closed", "executor", "factory", "is_default", "lock", "name")
 
     def __init__(
-        self, name: str, executor: Executor | None, factory: Callable[[], Executor] | None, is_default: bool
+        self,
+        name: str,
+        executor: Executor | None,
+        factory: Callable[[], Executor] | None,
+        is_default: bool,
     ) -> None:
         self.name = name
         self.executor = executor
@@ -69,11 +73,10 @@ class _Entry:
         with self.lock:  # first calls may race: the factory runs exactly once
             if self.closed:
                 raise ExecutorShutdownError(
-                    f"the executor {self.name!r} was shut down and takes no new calls; "
-                    f"register a new one with register({self.name!r}, executor_or_factory, replace=True)"
+                    f"the executor {self.name!r} was shut down and takes no new calls; register "
+                    f"a new one with register({self.name!r}, executor_or_factory, replace=True)"
                 )
-            if self.executor is None:
-                assert self.factory is not None
+            if self.executor is None and self.factory is not None:
                 executor = self.factory()
                 if not isinstance(executor, Executor):
                     raise TypeError(
@@ -81,7 +84,7 @@ class _Entry:
                         "not a concurrent.futures.Executor"
                     )
                 self.executor = executor
-            return self.executor
+            return cast("Executor", self.executor)
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -229,7 +232,9 @@ class Registry:
         executor = entry.executor
         return executor if executor is not None else entry.create()
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False, timeout: float | None = None) -> None:
+    def shutdown(
+        self, wait: bool = True, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Shut down every executor in the registry.
 
         Every registered executor is shut down, whether the registry made it or
@@ -283,7 +288,9 @@ class Registry:
         self, fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None
     ) -> staticmethod[P, Future[R]]: ...
     @overload
-    def offload(self, fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None) -> Callable[P, Future[R]]: ...
+    def offload(
+        self, fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None
+    ) -> Callable[P, Future[R]]: ...
     @overload
     def offload(self, executor: ExecutorSpec | None = None, /) -> Offloader: ...
     @overload

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from asyncio import Future
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ._api import default_registry
 from ._decorator import OffloadedFunction, _check_target, _get_running_loop
@@ -18,7 +19,9 @@ R = TypeVar("R")
 @overload
 def run_on_executor(fn: Callable[P, R], /) -> Callable[P, Future[R]]: ...
 @overload
-def run_on_executor(*, executor: str = "executor") -> Callable[[Callable[P, R]], Callable[P, Future[R]]]: ...
+def run_on_executor(
+    *, executor: str = "executor"
+) -> Callable[[Callable[P, R]], Callable[P, Future[R]]]: ...
 def run_on_executor(*args: Any, **kwargs: Any) -> Any:
     """Tornado's ``run_on_executor``, with contextvars and cancel-before-start.
 
