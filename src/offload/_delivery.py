@@ -39,8 +39,10 @@ class Delivery:
         # Append first, then read the flag: the loop clears the flag before it
         # drains, so either it sees this item or we see the flag cleared.
         self._pending.append((future, result, exc))
-        if self._scheduled:
-            return
+        if not self._scheduled:
+            self._wake()
+
+    def _wake(self) -> None:
         self._scheduled = True
         loop = self._loop_ref()
         try:
@@ -81,8 +83,9 @@ _deliveries: dict[int, Delivery] = {}
 def delivery_for(loop: asyncio.AbstractEventLoop) -> Delivery:
     """The loop's Delivery, made on first use and dropped with the loop."""
     delivery = _deliveries.get(id(loop))
-    if delivery is None or delivery._loop_ref() is not loop:
+    if delivery is None:
         delivery = _deliveries[id(loop)] = Delivery(loop)
+        # Dropped as the loop is collected, before its id can be reused.
         weakref.finalize(loop, _deliveries.pop, id(loop), None)
     return delivery
 
@@ -99,51 +102,49 @@ def _settable(exc: BaseException) -> BaseException:
     return exc
 
 
-class Call:
-    """One offloaded call: run ``fn`` in ``context`` and deliver the outcome.
+#: One offloaded call, as executors carry it: a plain tuple, because a call
+#: is built on every invocation and tuples are the cheapest thing to build.
+#: ``call[RUN](call)`` runs it; ``call[ABANDON](call)`` reports that it never will.
+Call = tuple[
+    Callable[..., None],  # run
+    Callable[..., None],  # abandon
+    "asyncio.Future[Any]",
+    Delivery,
+    Context,
+    Callable[..., Any],  # the blocking function
+    tuple[Any, ...],
+    dict[str, Any],
+]
+RUN, ABANDON = 0, 1
 
-    Instances are what executors run. Calling one on a worker thread runs the
-    function unless its Future was already cancelled (so a call cancelled before
-    it starts never runs), then pushes the outcome to the loop.
+
+def run_call(call: Call) -> None:
+    """Run an offloaded call on a worker thread and push its outcome to the loop.
+
+    A call whose Future was cancelled before it started never runs.
     """
+    _, _, future, delivery, context, fn, args, kwargs = call
+    if future.cancelled():
+        return
+    try:
+        result = context.run(fn, *args, **kwargs)
+    except BaseException as exc:
+        delivery.push(future, None, _settable(exc))
+        # The traceback keeps this frame alive; drop the locals that would
+        # otherwise tie the Future, its exception and this frame in a cycle.
+        del call, future
+    else:  # Delivery.push, inlined: this runs once per call
+        delivery._pending.append((future, result, None))
+        if not delivery._scheduled:
+            delivery._wake()
 
-    __slots__ = ("args", "context", "delivery", "fn", "future", "kwargs")
 
-    def __init__(  # noqa: PLR0917  # one positional slot per field, built once per call
-        self,
-        future: asyncio.Future[Any],
-        delivery: Delivery,
-        context: Context,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.future = future
-        self.delivery = delivery
-        self.context = context
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+def abandon_call(call: Call) -> None:
+    """The executor dropped the call without running it: cancel its Future."""
+    call[3].push(call[2], None, _CANCELLED)
 
-    def __call__(self) -> None:
-        future = self.future
-        if future.cancelled():
-            return
-        try:
-            result = self.context.run(self.fn, *self.args, **self.kwargs)
-        except BaseException as exc:
-            self.delivery.push(future, None, _settable(exc))
-            # The traceback keeps this frame alive; drop the locals that would
-            # otherwise tie the Future, its exception and this frame in a cycle.
-            del self, future
-        else:
-            self.delivery.push(future, result, None)
 
-    def pool_done(self, pool_future: ConcurrentFuture[Any]) -> None:
-        """Done-callback for foreign executors: relay a cancel made by the pool."""
-        if pool_future.cancelled():
-            self.delivery.push(self.future, None, _CANCELLED)
-
-    def abandon(self) -> None:
-        """The executor dropped this call before it ran (shutdown with cancel)."""
-        self.delivery.push(self.future, None, _CANCELLED)
+def relay_pool_cancel(call: Call, pool_future: ConcurrentFuture[Any]) -> None:
+    """Done-callback for foreign executors: relay a cancel made by the pool."""
+    if pool_future.cancelled():
+        abandon_call(call)

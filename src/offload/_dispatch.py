@@ -7,12 +7,13 @@ offload's own pool takes the call object directly (the fast path); any other
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import Any
 
-from ._delivery import Call, delivery_for
+from ._delivery import _deliveries, abandon_call, delivery_for, relay_pool_cancel, run_call
 from ._pool import ThreadPool
 
 
@@ -29,11 +30,13 @@ def dispatch(
     leak back and concurrent calls do not see each other's values.
     """
     future = loop.create_future()
-    call = Call(future, delivery_for(loop), copy_context(), fn, args, kwargs)
+    delivery = _deliveries.get(id(loop)) or delivery_for(loop)
+    call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
     if isinstance(executor, ThreadPool):
         executor._put(call)
     else:
         # The call delivers its own outcome; the pool's Future only matters if
         # the pool cancels the job without running it (shutdown(cancel_futures)).
-        executor.submit(call).add_done_callback(call.pool_done)
+        pool_future = executor.submit(run_call, call)
+        pool_future.add_done_callback(functools.partial(relay_pool_cancel, call))
     return future

@@ -32,33 +32,26 @@ def default_thread_count() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
-class _SubmittedCall:
-    """A plain ``Executor.submit`` job, reported through a concurrent Future."""
+#: What the pool's queue holds: tuples whose first item runs the job and whose
+#: second reports that it never will, each taking the whole tuple.
+Job = tuple[Any, ...]
 
-    __slots__ = ("args", "fn", "future", "kwargs")
 
-    def __init__(
-        self,
-        future: ConcurrentFuture[Any],
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+def _run_submitted(job: Job) -> None:
+    _, _, future, fn, args, kwargs = job
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        future.set_exception(exc)
+        del job, future  # break the frame <-> exception cycle
+    else:
+        future.set_result(result)
 
-    def __call__(self) -> None:
-        if not self.future.set_running_or_notify_cancel():
-            return
-        try:
-            result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
-            self.future.set_exception(exc)
-            del self  # break the frame <-> exception cycle, as above
-        else:
-            self.future.set_result(result)
 
-    def abandon(self) -> None:
-        self.future.cancel()
+def _abandon_submitted(job: Job) -> None:
+    job[2].cancel()
 
 
 class ThreadPool(Executor):
@@ -88,6 +81,7 @@ class ThreadPool(Executor):
         self._name = name or f"offload-pool{next(_pool_numbers)}"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._unstarted = max_workers
         self._idle = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -106,13 +100,13 @@ class ThreadPool(Executor):
         state = "shut down" if self._closed else f"{len(self._threads)} threads"
         return f"<offload.ThreadPool {self._name!r} max_workers={self._max_workers} {state}>"
 
-    def _put(self, job: Callable[[], object]) -> None:
-        """Queue a zero-argument job; the fast path for offloaded calls."""
+    def _put(self, job: Job) -> None:
+        """Queue a job: ``job[0](job)`` runs it; the fast path for offloaded calls."""
         with self._lock:
             if self._closed:
                 raise ExecutorShutdownError(f"the thread pool {self._name!r} was shut down")
             self._queue.put(job)
-            if self._idle < self._queue.qsize() and len(self._threads) < self._max_workers:
+            if self._idle < self._queue.qsize() and self._unstarted:
                 self._start_worker()
 
     def submit(
@@ -120,7 +114,7 @@ class ThreadPool(Executor):
     ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
-        self._put(_SubmittedCall(future, fn, args, kwargs))
+        self._put((_run_submitted, _abandon_submitted, future, fn, args, kwargs))
         return future
 
     def _start_worker(self) -> None:
@@ -128,6 +122,7 @@ class ThreadPool(Executor):
             target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
         )
         self._threads.append(thread)
+        self._unstarted -= 1
         thread.start()
 
     def _work(self) -> None:
@@ -144,7 +139,7 @@ class ThreadPool(Executor):
             if job is None:
                 self._queue.put(None)  # pass the stop signal on to the next worker
                 return
-            job()
+            job[0](job)
             del job
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -168,9 +163,8 @@ class ThreadPool(Executor):
                 job = self._queue.get(block=False)
             except queue.Empty:
                 return
-            abandon = getattr(job, "abandon", None)
-            if abandon is not None:
-                abandon()
+            if job is not None:
+                job[1](job)
 
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for the threads of a shut-down pool; true if all have ended."""
