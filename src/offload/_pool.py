@@ -106,7 +106,7 @@ class ThreadPool(Executor):
             if self._closed:
                 raise ExecutorShutdownError(f"the thread pool {self._name!r} was shut down")
             self._queue.put(job)
-            if self._idle < self._queue.qsize() and self._unstarted:
+            if self._unstarted and self._idle < self._queue.qsize():
                 self._start_worker()
 
     def submit(

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
+import wrapt
+
 from ._api import default_registry
 from ._decorator import OffloadedFunction, _check_target, _get_running_loop
 from ._dispatch import dispatch
@@ -14,6 +16,12 @@ from ._errors import no_running_loop
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _TornadoOffloaded(OffloadedFunction):
+    # The drop-in reads the bound instance (for its executor attribute), so it
+    # keeps wrapt's call, which finds it even on an already bound method.
+    __call__ = wrapt.FunctionWrapper.__call__
 
 
 @overload
@@ -80,6 +88,6 @@ def run_on_executor(*args: Any, **kwargs: Any) -> Any:
                 executor = default_registry.get_executor(executor)
             return dispatch(loop, executor, wrapped, args, kwargs)
 
-        return OffloadedFunction(fn, run_offloaded)
+        return _TornadoOffloaded(fn, run_offloaded)
 
     return decorator(args[0]) if args else decorator
