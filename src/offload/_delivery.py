@@ -144,7 +144,19 @@ def abandon_call(call: Call) -> None:
     call[3].push(call[2], None, _CANCELLED)
 
 
-def relay_pool_cancel(call: Call, pool_future: ConcurrentFuture[Any]) -> None:
+def run_held(held: list[Call]) -> None:
+    """Run a call handed to a foreign executor inside a list, emptying the list.
+
+    A foreign pool keeps its job's arguments (in its work item, and through the
+    done-callback below in its Future) for as long as a traceback keeps the
+    worker's frames, since frames link to their callers. Emptying the list
+    means none of that still refers to the call, its Future and its exception:
+    no reference cycle.
+    """
+    run_call(held.pop())
+
+
+def relay_pool_cancel(held: list[Call], pool_future: ConcurrentFuture[Any]) -> None:
     """Done-callback for foreign executors: relay a cancel made by the pool."""
-    if pool_future.cancelled():
-        abandon_call(call)
+    if held and pool_future.cancelled():
+        abandon_call(held.pop())

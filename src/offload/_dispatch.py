@@ -13,7 +13,14 @@ from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import Any
 
-from ._delivery import _deliveries, abandon_call, delivery_for, relay_pool_cancel, run_call
+from ._delivery import (
+    _deliveries,
+    abandon_call,
+    delivery_for,
+    relay_pool_cancel,
+    run_call,
+    run_held,
+)
 from ._pool import ThreadPool
 
 
@@ -37,6 +44,7 @@ def dispatch(
     else:
         # The call delivers its own outcome; the pool's Future only matters if
         # the pool cancels the job without running it (shutdown(cancel_futures)).
-        pool_future = executor.submit(run_call, call)
-        pool_future.add_done_callback(functools.partial(relay_pool_cancel, call))
+        held = [call]
+        pool_future = executor.submit(run_held, held)
+        pool_future.add_done_callback(functools.partial(relay_pool_cancel, held))
     return future
