@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from ._affinity import AffineThread as AffineThread
+from ._affinity import DeadlockError as DeadlockError
 from ._api import get_executor as get_executor
 from ._api import offload as offload
 from ._api import register as register
@@ -21,16 +23,30 @@ from ._api import shutdown as shutdown
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
 from ._errors import UnknownExecutorError as UnknownExecutorError
+from ._facade import Facade as Facade
+from ._facade import assert_parity as assert_parity
+from ._facade import facade as facade
+from ._iterate import acontext as acontext
+from ._iterate import agenerator as agenerator
+from ._iterate import aiterate as aiterate
 from ._pool import ThreadPool as ThreadPool
 from ._registry import Registry as Registry
 from ._tornado import run_on_executor as run_on_executor
 
 __all__ = (
+    "AffineThread",
+    "DeadlockError",
     "ExecutorShutdownError",
+    "Facade",
     "Offloader",
     "Registry",
     "ThreadPool",
     "UnknownExecutorError",
+    "acontext",
+    "agenerator",
+    "aiterate",
+    "assert_parity",
+    "facade",
     "get_executor",
     "offload",
     "register",

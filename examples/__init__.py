@@ -1,0 +1,1 @@
+"""Examples built on offload: an sqlite3 driver and a Tornado app that uses it."""
