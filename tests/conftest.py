@@ -34,7 +34,7 @@ def registry() -> Iterator[offload.Registry]:
 
 @pytest.fixture(params=["offload-pool", "stdlib-pool"])
 def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
-    """Each test that takes it runs on offload's pool (fast path) and on a stdlib pool (generic path)."""
+    """Each test that takes it runs on offload's pool (fast path) and a stdlib pool (generic)."""
     pool: Executor = (
         offload.ThreadPool(4, name="offload-test")
         if request.param == "offload-pool"

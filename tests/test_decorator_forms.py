@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -87,8 +88,6 @@ async def test_decorating_before_registering_resolves_at_call_time(
 
     @registry.offload("later")
     def where() -> str:
-        import threading
-
         return threading.current_thread().name
 
     registry.register("later", offload.ThreadPool(1, name="later-pool"))
@@ -97,7 +96,6 @@ async def test_decorating_before_registering_resolves_at_call_time(
 
 async def test_replacing_a_name_redirects_decorated_functions(registry: offload.Registry) -> None:
     """After ``register(replace=True)``, existing decorated functions use the new executor."""
-    import threading
 
     @registry.offload("db")
     def where() -> str:

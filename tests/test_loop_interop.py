@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
+import datetime as dt
 import threading
 from collections.abc import Generator
 from concurrent.futures import Executor
@@ -44,7 +44,7 @@ class TornadoLoopTest(AsyncTestCase):
     @gen_test(timeout=10)
     async def test_gen_with_timeout_and_await(self) -> None:
         """``gen.with_timeout`` accepts the Future, and ``await`` works on the IOLoop."""
-        result = await gen.with_timeout(datetime.timedelta(seconds=5), self.double(4))
+        result = await gen.with_timeout(dt.timedelta(seconds=5), self.double(4))
         self.assertEqual(result, 8)
 
     @gen_test(timeout=10)
@@ -53,7 +53,7 @@ class TornadoLoopTest(AsyncTestCase):
         release = threading.Event()
         block = self.registry.offload(release.wait)
         with self.assertRaises(asyncio.TimeoutError):
-            await gen.with_timeout(datetime.timedelta(seconds=0.05), block(10))
+            await gen.with_timeout(dt.timedelta(seconds=0.05), block(10))
         release.set()
 
 
@@ -66,7 +66,7 @@ async def test_asyncio_gather_and_wait_for(executor: Executor) -> None:
 
 
 async def test_wait_for_timeout_cancels_the_future(executor: Executor) -> None:
-    """When ``asyncio.wait_for`` times out, the Future is cancelled and the caller gets TimeoutError."""
+    """On an ``asyncio.wait_for`` timeout the Future is cancelled; the caller gets TimeoutError."""
     release = threading.Event()
     block = offload.offload(release.wait, executor=executor)
     future = block(10)

@@ -44,7 +44,7 @@ def test_a_bad_size_variable_is_a_clear_error(
 def test_registering_a_taken_name_needs_replace(registry: offload.Registry) -> None:
     """A second registration raises unless ``replace=True``."""
     registry.register("db", ThreadPoolExecutor(1))
-    with pytest.raises(ValueError, match="already registered as 'db'.*replace=True"):
+    with pytest.raises(ValueError, match=r"already registered as 'db'.*replace=True"):
         registry.register("db", ThreadPoolExecutor(1))
     registry.register("db", offload.ThreadPool(1), replace=True)
 
@@ -125,7 +125,7 @@ async def test_calls_after_shutdown_raise_a_clear_error(registry: offload.Regist
     call = registry.offload(len, executor="io")
     assert await call([1]) == 1
     registry.shutdown()
-    with pytest.raises(offload.ExecutorShutdownError, match="'io' was shut down.*replace=True"):
+    with pytest.raises(offload.ExecutorShutdownError, match=r"'io' was shut down.*replace=True"):
         call([1])
     registry.register("io", offload.ThreadPool(1), replace=True)
     assert await call([1, 2]) == 2

@@ -86,7 +86,8 @@ def register(
 ) -> None:
     """Register an executor, or a factory for one, under ``name``.
 
-    See :meth:`Registry.register` for the arguments and the lookup order.
+    See [`Registry.register`][offload.Registry.register] for the arguments and the
+    lookup order.
 
     Example:
         >>> import offload
@@ -111,7 +112,8 @@ def get_executor(name: str = "default") -> Executor:
 def shutdown(wait: bool = True, cancel_futures: bool = False, timeout: float | None = None) -> None:
     """Shut down every executor in the shared registry.
 
-    See :meth:`Registry.shutdown`. Call it once as your application exits.
+    See [`Registry.shutdown`][offload.Registry.shutdown]. Call it once as your
+    application exits.
 
     Example:
         >>> import offload

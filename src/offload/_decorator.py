@@ -29,7 +29,16 @@ _get_running_loop = asyncio._get_running_loop
 
 
 class Offloader(Protocol):
-    """What ``offload(...)`` returns when given options: the decorator itself."""
+    """What ``offload(...)`` returns when given options: the decorator itself.
+
+    Example:
+        >>> import asyncio, offload
+        >>> double = offload.offload("io")(lambda x: 2 * x)
+        >>> async def main():
+        ...     return await double(21)
+        >>> asyncio.run(main())
+        42
+    """
 
     @overload
     def __call__(self, fn: classmethod[T, P, R], /) -> classmethod[T, P, Future[R]]: ...

@@ -1,7 +1,7 @@
 """Bringing outcomes back to the loop: one wake-up per burst of completions.
 
 A worker thread never touches an asyncio Future's callbacks: it appends the
-outcome to the loop's :class:`Delivery` queue, and only the first completion of a
+outcome to the loop's ``Delivery`` queue, and only the first completion of a
 burst pays for ``call_soon_threadsafe`` (a self-pipe write). The loop then
 resolves up to ``MAX_PER_WAKEUP`` futures in one callback and yields before the
 next batch, so a flood of completions cannot starve other callbacks.

@@ -49,6 +49,7 @@ class ExecutorShutdownError(RuntimeError):
 
 
 def no_running_loop(what: object) -> RuntimeError:
+    """The error for an offloaded callable called with no running event loop."""
     name = getattr(what, "__qualname__", None) or repr(what)
     return RuntimeError(
         f"{name} was called with no running event loop: offload returns a Future "

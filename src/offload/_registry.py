@@ -298,7 +298,7 @@ class Registry:
     def offload(self, fn: Any = None, /, executor: Any = None) -> Any:
         """The ``offload`` decorator, resolving names in this registry.
 
-        It takes the same forms as the module-level :func:`offload.offload`.
+        It takes the same forms as the module-level [`offload`][offload.offload].
 
         Example:
             >>> import asyncio, offload
