@@ -1,0 +1,1 @@
+"""offload's benchmark harness: ``python -m benchmarks`` (see README.md here)."""

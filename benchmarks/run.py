@@ -1,0 +1,230 @@
+"""Measure every mechanism on every workload, interleaved, in one process.
+
+Run from the repository root: ``python -m benchmarks [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .mechanisms import MECHANISMS, Mechanism
+from .workloads import PROBE, WORKLOADS, Workload, rss_available
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+FULL = {"calls": 20_000, "memory_calls": 100_000, "repeats": 5}
+QUICK = {"calls": 1_000, "memory_calls": 5_000, "repeats": 3}
+
+#: Untimed calls before each sample, enough to start every worker thread.
+WARMUP = range(256)
+
+
+class CpuMeter:
+    """The share of the machine's CPU time that other processes used meanwhile."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        own = os.times()  # this process and its finished children (memory samples)
+        own_cpu = own.user + own.system + own.children_user + own.children_system
+        return busy / os.sysconf("SC_CLK_TCK"), own_cpu
+
+    def foreign_share(self, wall: float) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None or wall <= 0:
+            return None
+        others = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+class WrongResultError(AssertionError):
+    pass
+
+
+def _check(total: int, xs: range) -> None:
+    expected = sum(xs)
+    if total != expected:
+        raise WrongResultError(f"results summed to {total}, expected {expected}")
+
+
+async def _timed_async(mech: Mechanism, work: Workload, pool: Any, xs: range) -> float:
+    call = mech.bind(work.body, pool, work.workers)
+    shapes = mech.driver.shapes
+    _check(await shapes["batched"](call, WARMUP), WARMUP)
+    if work.memory:
+        PROBE.arm()
+    start = time.perf_counter()
+    total = await shapes[work.shape](call, xs)
+    seconds = time.perf_counter() - start
+    _check(total, xs)
+    return seconds
+
+
+def _timed_thread(mech: Mechanism, work: Workload, pool: Any, xs: range) -> float:
+    call = mech.bind(work.body, pool, work.workers)
+    shapes = mech.driver.shapes
+    _check(shapes["batched"](call, WARMUP), WARMUP)
+    if work.memory:
+        PROBE.arm()
+    start = time.perf_counter()
+    total = shapes[work.shape](call, xs)
+    seconds = time.perf_counter() - start
+    _check(total, xs)
+    return seconds
+
+
+def measure(mech: Mechanism, work: Workload, calls: int) -> float:
+    """One sample: a fresh pool and a fresh event loop, warm-up, timed run."""
+    gc.collect()
+    pool = mech.pool(work.workers) if mech.pool else None
+    xs = range(calls)
+    try:
+        run = mech.driver.run
+        if run is None:
+            seconds = _timed_thread(mech, work, pool, xs)
+        else:
+            seconds = run(lambda: _timed_async(mech, work, pool, xs))
+    finally:
+        PROBE.gate.set()  # never leave a worker blocked, even after a failure
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return work.score(seconds, calls)
+
+
+def measure_in_child(mech: Mechanism, work: Workload, calls: int) -> float:
+    """One sample, as :func:`measure`, in a fresh interpreter.
+
+    Memory samples need it: in a long-lived process, heap that earlier samples
+    freed but the allocator kept is reused, and RSS deltas shrink sample after
+    sample (by some 30 B per call per 100,000-call sample).
+    """
+    command = [sys.executable, "-m", "benchmarks", "--sample", f"{mech.key}:{work.key}:{calls}"]
+    child = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        lines = child.stderr.strip().splitlines() or [f"exit status {child.returncode}"]
+        raise RuntimeError(f"sample process failed: {lines[-1]}")
+    return float(child.stdout)
+
+
+def _sample_here(spec: str) -> int:
+    """The child side of :func:`measure_in_child`: print one sample's score."""
+    mech_key, work_key, calls = spec.split(":")
+    mech = next(m for m in MECHANISMS if m.key == mech_key)
+    work = next(w for w in WORKLOADS if w.key == work_key)
+    print(repr(measure(mech, work, int(calls))))
+    return 0
+
+
+def _pick(keys: str | None, table: Sequence[Any], what: str) -> list[Any]:
+    if not keys:
+        return list(table)
+    wanted = keys.split(",")
+    known = {item.key for item in table}
+    unknown = [key for key in wanted if key not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [item for item in table if item.key in wanted]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
+    parser.add_argument("--calls", type=int, help="calls per sample (full: 20,000; quick: 1,000)")
+    parser.add_argument(
+        "--memory-calls", type=int, help="pending calls (full: 100,000; quick: 5,000)"
+    )
+    parser.add_argument("--repeats", type=int, help="interleaved repeats (full: 5; quick: 3)")
+    parser.add_argument("--json", type=Path, help="where to write the JSON results")
+    parser.add_argument("--chart", type=Path, help="where to draw the PNG chart")
+    parser.add_argument("--no-chart", action="store_true", help="skip the chart")
+    parser.add_argument(
+        "--only", help="comma-separated mechanism keys (the reference is always run)"
+    )
+    parser.add_argument("--workloads", help="comma-separated workload keys")
+    parser.add_argument("--sample", help=argparse.SUPPRESS)  # MECH:WORKLOAD:CALLS, in a child
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.sample:
+        return _sample_here(args.sample)
+    settings = dict(QUICK if args.quick else FULL)
+    for name in settings:
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    mechanisms = _pick(args.only, MECHANISMS, "mechanism")
+    if not any(m.reference for m in mechanisms):
+        mechanisms.insert(0, next(m for m in MECHANISMS if m.reference))
+    workloads = _pick(args.workloads, WORKLOADS, "workload")
+
+    notes: dict[str, str] = {}
+    for mech in list(mechanisms):
+        reason = mech.missing()
+        if reason:
+            notes[mech.label] = f"skipped: {reason}"
+            mechanisms.remove(mech)
+    if any(w.memory for w in workloads) and not rss_available():
+        notes["memory"] = "skipped: needs /proc/self/statm (Linux)"
+        workloads = [w for w in workloads if not w.memory]
+
+    samples: dict[str, dict[str, list[float]]] = {
+        m.key: {w.key: [] for w in workloads} for m in mechanisms
+    }
+    failed: dict[tuple[str, str], str] = {}
+    meter = CpuMeter()
+    began = time.perf_counter()
+    for repeat in range(settings["repeats"]):
+        for work in workloads:
+            calls = settings["memory_calls"] if work.memory else settings["calls"]
+            sample = measure_in_child if work.memory else measure
+            for mech in mechanisms:
+                if (mech.key, work.key) in failed:
+                    continue
+                try:
+                    samples[mech.key][work.key].append(sample(mech, work, calls))
+                except Exception as exc:  # report a broken mechanism; keep measuring the rest
+                    failed[mech.key, work.key] = f"{type(exc).__name__}: {exc}"
+                    samples[mech.key][work.key] = []
+                    notes[f"{mech.label} / {work.key}"] = f"FAILED: {failed[mech.key, work.key]}"
+            print(
+                f"  repeat {repeat + 1}/{settings['repeats']} {work.key:<10} "
+                f"done at {time.perf_counter() - began:6.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    wall = time.perf_counter() - began
+
+    results = report.summarize(mechanisms, workloads, samples)
+    meta = report.metadata(settings, args.quick, wall, meter.foreign_share(wall))
+    print()
+    print(report.table(mechanisms, workloads, results, meta, notes))
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path = args.json or RESULTS_DIR / f"{stamp}.json"
+    report.write_json(json_path, meta, mechanisms, workloads, results, notes)
+    print(f"\nJSON:  {json_path}")
+    if not args.no_chart:
+        chart_path = args.chart or json_path.with_suffix(".png")
+        problem = report.draw_chart(chart_path, mechanisms, workloads, results, meta)
+        print(f"chart: {problem or chart_path}")
+    return 1 if failed else 0
