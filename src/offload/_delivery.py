@@ -14,7 +14,6 @@ import collections
 import os
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future as ConcurrentFuture
 from contextvars import Context
 from typing import Any
 
@@ -144,19 +143,36 @@ def abandon_call(call: Call) -> None:
     call[3].push(call[2], None, _CANCELLED)
 
 
-def run_held(held: list[Call]) -> None:
-    """Run a call handed to a foreign executor inside a list, emptying the list.
+class Held:
+    """A call handed to a foreign executor, which gives it up once it has run.
 
-    A foreign pool keeps its job's arguments (in its work item, and through the
-    done-callback below in its Future) for as long as a traceback keeps the
-    worker's frames, since frames link to their callers. Emptying the list
-    means none of that still refers to the call, its Future and its exception:
-    no reference cycle.
+    The pool keeps its job's arguments for as long as a traceback keeps the
+    worker's frames (frames link to their callers), so ``run_held`` takes the
+    call out before running it: nothing the pool keeps refers to the call, its
+    Future or its exception, and no reference cycle forms. A pool that drops
+    the job without running it, as ``shutdown(cancel_futures=True)`` does,
+    drops the last reference to this holder with the call still inside, and
+    the Future is cancelled; that costs nothing per call, unlike a
+    done-callback on the pool's Future.
     """
-    run_call(held.pop())
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call) -> None:
+        self.call: Call | None = call
+
+    def __del__(self) -> None:
+        if self.call is not None:
+            abandon_call(self.call)
+
+    def take(self) -> Call | None:
+        """The call, which the holder gives up."""
+        call, self.call = self.call, None
+        return call
 
 
-def relay_pool_cancel(held: list[Call], pool_future: ConcurrentFuture[Any]) -> None:
-    """Done-callback for foreign executors: relay a cancel made by the pool."""
-    if held and pool_future.cancelled():
-        abandon_call(held.pop())
+def run_held(held: Held) -> None:
+    """Run the call in ``held`` on a foreign executor's worker."""
+    # No local names the call: this frame outlives the run in any traceback.
+    if held.call is not None:
+        run_call(held.take())  # type: ignore[arg-type]

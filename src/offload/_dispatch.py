@@ -7,17 +7,16 @@ offload's own pool takes the call object directly (the fast path); any other
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import Any
 
 from ._delivery import (
+    Held,
     _deliveries,
     abandon_call,
     delivery_for,
-    relay_pool_cancel,
     run_call,
     run_held,
 )
@@ -44,7 +43,5 @@ def dispatch(
     else:
         # The call delivers its own outcome; the pool's Future only matters if
         # the pool cancels the job without running it (shutdown(cancel_futures)).
-        held = [call]
-        pool_future = executor.submit(run_held, held)
-        pool_future.add_done_callback(functools.partial(relay_pool_cancel, held))
+        executor.submit(run_held, Held(call))
     return future
