@@ -15,8 +15,8 @@ from tests.conftest import WAIT, hold
 
 
 def test_builtin_names_exist_and_are_created_lazily(registry: offload.Registry) -> None:
-    """``default`` and ``io`` are registered but not created until first used."""
-    assert registry.names() == ("default", "io")
+    """``cpu``, ``default`` and ``io`` are registered but not created until first used."""
+    assert registry.names() == ("cpu", "default", "io")
     assert all(entry.executor is None for entry in registry._entries.values())
     assert isinstance(registry.get_executor("io"), offload.ThreadPool)
     assert registry.get_executor() is registry.get_executor("default")

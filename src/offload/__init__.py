@@ -20,9 +20,12 @@ from ._api import get_executor as get_executor
 from ._api import offload as offload
 from ._api import register as register
 from ._api import shutdown as shutdown
+from ._dask import DaskExecutor as DaskExecutor
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
+from ._errors import NotPicklableError as NotPicklableError
 from ._errors import UnknownExecutorError as UnknownExecutorError
+from ._errors import WorkerDiedError as WorkerDiedError
 from ._facade import Facade as Facade
 from ._facade import assert_parity as assert_parity
 from ._facade import facade as facade
@@ -30,22 +33,31 @@ from ._iterate import acontext as acontext
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
 from ._pool import ThreadPool as ThreadPool
+from ._process import ProcessPool as ProcessPool
 from ._registry import Registry as Registry
+from ._timeouts import cancelled as cancelled
+from ._timeouts import check_cancelled as check_cancelled
 from ._tornado import run_on_executor as run_on_executor
 
 __all__ = (
     "AffineThread",
+    "DaskExecutor",
     "DeadlockError",
     "ExecutorShutdownError",
     "Facade",
+    "NotPicklableError",
     "Offloader",
+    "ProcessPool",
     "Registry",
     "ThreadPool",
     "UnknownExecutorError",
+    "WorkerDiedError",
     "acontext",
     "agenerator",
     "aiterate",
     "assert_parity",
+    "cancelled",
+    "check_cancelled",
     "facade",
     "get_executor",
     "offload",

@@ -20,21 +20,35 @@ default_registry = Registry()
 
 @overload
 def offload(
-    fn: classmethod[T, P, R], /, *, executor: ExecutorSpec | None = None
+    fn: classmethod[T, P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
 ) -> classmethod[T, P, Future[R]]: ...
 @overload
 def offload(
-    fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None
+    fn: staticmethod[P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
 ) -> staticmethod[P, Future[R]]: ...
 @overload
 def offload(
-    fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None
+    fn: Callable[P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
 ) -> Callable[P, Future[R]]: ...
 @overload
-def offload(executor: ExecutorSpec | None = None, /) -> Offloader: ...
+def offload(
+    executor: ExecutorSpec | None = None, /, *, timeout: float | None = None
+) -> Offloader: ...
 @overload
-def offload(*, executor: ExecutorSpec | None = None) -> Offloader: ...
-def offload(fn: Any = None, /, executor: Any = None) -> Any:
+def offload(*, executor: ExecutorSpec | None = None, timeout: float | None = None) -> Offloader: ...
+def offload(fn: Any = None, /, executor: Any = None, timeout: Any = None) -> Any:
     """Make a blocking callable return a Future that runs it on an executor.
 
     Forms: ``@offload``, ``@offload()``, ``@offload("io")``,
@@ -52,11 +66,16 @@ def offload(fn: Any = None, /, executor: Any = None) -> Any:
         fn: The callable to wrap; omit it to get a decorator.
         executor: A name looked up in the registry on every call (so it may be
             registered or re-pointed later), or an ``Executor`` used as is.
-            Defaults to ``"default"``.
+            Defaults to ``"default"``. ``"cpu"`` runs calls in worker
+            processes (see [`ProcessPool`][offload.ProcessPool]).
+        timeout: Seconds after which the Future fails with ``TimeoutError``.
+            On a [`ProcessPool`][offload.ProcessPool] the worker running the call is
+            terminated; a thread runs on (it may ask [`cancelled`][offload.cancelled]).
 
     Raises:
         TypeError: ``fn`` is not callable, is async (await it directly
-            instead), or ``executor`` is neither a name nor an Executor.
+            instead), or ``executor`` is neither a name nor an Executor; or
+            ``fn`` is a lambda or nested function bound for a process pool.
 
     Example:
         >>> import asyncio, time
@@ -74,7 +93,7 @@ def offload(fn: Any = None, /, executor: Any = None) -> Any:
         ...     await nap(0.01)
         >>> asyncio.run(rest())
     """
-    return decorate(default_registry, fn, executor)
+    return decorate(default_registry, fn, executor, timeout)
 
 
 def register(

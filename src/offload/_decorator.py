@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Union, over
 
 import wrapt
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, sends_by_pickle
 from ._errors import no_running_loop
+from ._pickling import local_function_error
+from ._timeouts import arm, check_timeout
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -33,11 +35,12 @@ class Offloader(Protocol):
 
     Example:
         >>> import asyncio, offload
-        >>> double = offload.offload("io")(lambda x: 2 * x)
+        >>> on_io = offload.offload("io", timeout=5.0)  # an Offloader
+        >>> shout = on_io(str.upper)
         >>> async def main():
-        ...     return await double(21)
+        ...     return await shout("hi")
         >>> asyncio.run(main())
-        42
+        'HI'
     """
 
     @overload
@@ -97,33 +100,63 @@ def _check_target(fn: object) -> None:
         )
 
 
-def wrap(registry: Registry, fn: Any, spec: ExecutorSpec) -> Any:
+def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None = None) -> Any:
     """Wrap ``fn`` so each call runs on the executor ``spec`` names."""
     _check_target(fn)
+    _check_travels(registry, fn, spec)
     resolve: Callable[[], Executor]
     if isinstance(spec, str):
         resolve = functools.partial(registry.get_executor, spec)
     else:
         resolve = functools.partial(_same, spec)
 
-    def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
-        loop = _get_running_loop()
-        if loop is None:
-            raise no_running_loop(wrapped)
-        return dispatch(loop, resolve(), wrapped, args, kwargs)
+    if timeout is None:
+
+        def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+            loop = _get_running_loop()
+            if loop is None:
+                raise no_running_loop(wrapped)
+            return dispatch(loop, resolve(), wrapped, args, kwargs)
+
+    else:
+
+        def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+            loop = _get_running_loop()
+            if loop is None:
+                raise no_running_loop(wrapped)
+            executor = resolve()
+            future = dispatch(loop, executor, wrapped, args, kwargs)
+            return arm(loop, future, timeout, wrapped, executor)
 
     return OffloadedFunction(fn, run_offloaded)
+
+
+def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
+    """A lambda or nested function bound for a process pool fails at decoration time."""
+    if isinstance(spec, str):
+        if not registry._sends_by_pickle(spec):
+            return
+        where = f"the executor {spec!r}, a process pool,"
+    elif sends_by_pickle(spec):
+        where = repr(spec)
+    else:
+        return
+    func = fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn
+    error = local_function_error(func, where)
+    if error is not None:
+        raise error
 
 
 def _same(executor: Executor) -> Executor:
     return executor
 
 
-def decorate(registry: Registry, target: Any, executor: Any) -> Any:
+def decorate(registry: Registry, target: Any, executor: Any, timeout: Any = None) -> Any:
     """Sort out the decorator's forms: bare, with options, or a plain call."""
+    seconds = check_timeout(timeout)
     if target is None or isinstance(target, (str, Executor)):
         if target is not None and executor is not None:
             raise TypeError("give the executor once: offload('io') or offload(executor='io')")
         spec = _check_spec(target if target is not None else executor)
-        return lambda fn: wrap(registry, fn, spec)
-    return wrap(registry, target, _check_spec(executor))
+        return lambda fn: wrap(registry, fn, spec, seconds)
+    return wrap(registry, target, _check_spec(executor), seconds)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
 
 class UnknownExecutorError(LookupError):
     """No executor is registered under the requested name.
@@ -16,7 +20,7 @@ class UnknownExecutorError(LookupError):
         ...     registry.get_executor("gpu")
         ... except offload.UnknownExecutorError as exc:
         ...     print(exc)
-        no executor is registered as 'gpu' (registered: 'default', 'io');
+        no executor is registered as 'gpu' (registered: 'cpu', 'default', 'io');
         register one with offload.register('gpu', executor_or_factory)
     """
 
@@ -46,6 +50,78 @@ class ExecutorShutdownError(RuntimeError):
         the executor 'io' was shut down and takes no new calls;
         register a new one with register('io', executor_or_factory, replace=True)
     """
+
+
+class WorkerDiedError(BrokenProcessPool):
+    """The worker process running a call died before it returned.
+
+    It died from ``os._exit``, a crash or a signal. ``exitcode`` is the
+    process's exit code as ``multiprocessing`` reports it: negative for a signal
+    (``-9`` for ``SIGKILL``), or ``None`` when the executor does not say.
+    ``signal`` names the signal, if any. A subclass of
+    ``concurrent.futures.process.BrokenProcessPool``, so existing handlers
+    still catch it.
+
+    Example:
+        >>> import offload
+        >>> err = offload.WorkerDiedError("the worker died", exitcode=-9)
+        >>> err.signal
+        <Signals.SIGKILL: 9>
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[type[WorkerDiedError], tuple[str, int | None]]:
+        return type(self), (str(self), self.exitcode)
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        """The signal that killed the worker, or ``None``."""
+        if self.exitcode is None or self.exitcode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.exitcode)
+        except ValueError:
+            return None
+
+
+class NotPicklableError(pickle.PicklingError):
+    """A call could not travel to or from a worker process.
+
+    A process executor pickles the function (by reference: its module and
+    name), the arguments and the result. This error says which of them failed
+    and why; the original error is its ``__cause__``. The pool stays usable.
+
+    Example:
+        >>> import offload, pickle
+        >>> issubclass(offload.NotPicklableError, pickle.PicklingError)
+        True
+    """
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``exitcode`` in words: "exit code 3", "killed by SIGKILL" or "".
+
+    Example:
+        >>> describe_exit(-9), describe_exit(3), describe_exit(None)
+        ('killed by SIGKILL', 'exit code 3', 'exit code unknown')
+    """
+    if exitcode is None:
+        return "exit code unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def name_of(what: object) -> str:
+    """A callable's qualified name, for messages."""
+    name = getattr(what, "__qualname__", None)
+    return name if isinstance(name, str) else repr(what)
 
 
 def no_running_loop(what: object) -> RuntimeError:

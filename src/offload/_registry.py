@@ -9,12 +9,15 @@ import warnings
 import weakref
 from asyncio import Future
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, ParamSpec, TypeVar, Union, cast, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
+from ._dispatch import sends_by_pickle
 from ._errors import ExecutorShutdownError, UnknownExecutorError
+from ._foreign import broken_hooks
 from ._pool import ThreadPool, default_thread_count
+from ._process import START_METHOD_VARIABLE, ProcessPool
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,6 +51,33 @@ def _builtin_pool(name: str, fallback: Callable[[], int]) -> Callable[[], Execut
 
     make.__qualname__ = f"builtin {name!r} pool"
     return make
+
+
+def _cpu_pool() -> Executor:
+    """The built-in ``"cpu"`` pool: a process per core, started as configured."""
+    method = os.environ.get(START_METHOD_VARIABLE) or None
+    try:
+        return ProcessPool(
+            _size_from_env("cpu", os.cpu_count() or 1), start_method=method, name="offload-cpu"
+        )
+    except ValueError as exc:
+        if method is not None and str(exc).startswith("start_method"):
+            raise ValueError(f"{START_METHOD_VARIABLE}: {exc}") from None
+        raise
+
+
+_cpu_pool.__qualname__ = "builtin 'cpu' pool"
+
+
+def _sends_by_pickle(executor_or_factory: object) -> bool:
+    """Whether what a name is registered with pickles calls with the standard pickle."""
+    if isinstance(executor_or_factory, Executor):
+        return sends_by_pickle(executor_or_factory)
+    if executor_or_factory is _cpu_pool:
+        return True
+    return isinstance(executor_or_factory, type) and issubclass(
+        executor_or_factory, (ProcessPool, ProcessPoolExecutor)
+    )
 
 
 class _Entry:
@@ -86,6 +116,15 @@ class _Entry:
                 self.executor = executor
             return cast("Executor", self.executor)
 
+    def drop_broken(self, executor: Executor) -> bool:
+        """Forget ``executor`` if it is this entry's and a factory can replace it."""
+        with self.lock:
+            if self.executor is not executor or self.factory is None:
+                return False
+            self.executor = None  # the factory makes a new one on the next call
+        executor.shutdown(wait=False)
+        return True
+
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         if self.factory is not None:
@@ -105,6 +144,17 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _replace_broken(executor: Executor) -> bool:
+    replaced = False
+    for registry in list(_registries):
+        for entry in list(registry._entries.values()):
+            replaced = entry.drop_broken(executor) or replaced
+    return replaced
+
+
+broken_hooks.append(_replace_broken)
+
+
 class Registry:
     """Executors by name; ``offload`` looks names up here at call time.
 
@@ -120,7 +170,9 @@ class Registry:
 
     An application's registration replaces a default without ``replace=True``,
     whichever was imported first, and a default never replaces anything.
-    ``"default"`` and ``"io"`` are built-in defaults.
+    ``"default"`` and ``"io"`` (thread pools) and ``"cpu"`` (a
+    [`ProcessPool`][offload.ProcessPool] with a process per core) are built-in
+    defaults, each made on first use.
 
     Example:
         >>> import offload
@@ -136,6 +188,7 @@ class Registry:
         self._entries: dict[str, _Entry] = {}
         self.register("default", _builtin_pool("default", default_thread_count), default=True)
         self.register("io", _builtin_pool("io", lambda: IO_THREADS), default=True)
+        self.register("cpu", _cpu_pool, default=True)
         _registries.add(self)
 
     def __repr__(self) -> str:
@@ -147,7 +200,7 @@ class Registry:
         Example:
             >>> import offload
             >>> offload.Registry().names()
-            ('default', 'io')
+            ('cpu', 'default', 'io')
         """
         return tuple(sorted(self._entries))
 
@@ -167,6 +220,8 @@ class Registry:
             executor_or_factory: An ``Executor``, or a zero-argument callable
                 that makes one. A factory runs on first use, exactly once even
                 when the first calls race, and again in a child after ``fork``.
+                A process pool made by a factory is made anew when it breaks
+                (a worker died), so the next call through the name succeeds.
             replace: Replace an executor already registered under ``name``.
                 Calls already running on the old one finish there; an old one
                 made from a factory is shut down without waiting.
@@ -213,6 +268,13 @@ class Registry:
         if old is not None and old.factory is not None and old.executor is not None:
             old.executor.shutdown(wait=False)
 
+    def _sends_by_pickle(self, name: str) -> bool:
+        """Whether ``name`` is known now to be a process pool (for decoration-time checks)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return False
+        return _sends_by_pickle(entry.executor if entry.executor is not None else entry.factory)
+
     def get_executor(self, name: str = "default") -> Executor:
         """The executor registered as ``name``, creating it on first use.
 
@@ -252,7 +314,7 @@ class Registry:
             >>> registry = offload.Registry()
             >>> registry.shutdown(timeout=5.0)
             >>> registry.names()
-            ('default', 'io')
+            ('cpu', 'default', 'io')
         """
         with self._lock:
             executors: dict[str, Executor] = {}
@@ -263,7 +325,7 @@ class Registry:
                         executors[name] = entry.executor
                     entry.executor = None
         for executor in executors.values():
-            executor.shutdown(wait=False, cancel_futures=cancel_futures)
+            _stop(executor, cancel_futures)
         if not wait:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -281,24 +343,44 @@ class Registry:
 
     @overload
     def offload(
-        self, fn: classmethod[T, P, R], /, *, executor: ExecutorSpec | None = None
+        self,
+        fn: classmethod[T, P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
     ) -> classmethod[T, P, Future[R]]: ...
     @overload
     def offload(
-        self, fn: staticmethod[P, R], /, *, executor: ExecutorSpec | None = None
+        self,
+        fn: staticmethod[P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
     ) -> staticmethod[P, Future[R]]: ...
     @overload
     def offload(
-        self, fn: Callable[P, R], /, *, executor: ExecutorSpec | None = None
+        self,
+        fn: Callable[P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
     ) -> Callable[P, Future[R]]: ...
     @overload
-    def offload(self, executor: ExecutorSpec | None = None, /) -> Offloader: ...
+    def offload(
+        self, executor: ExecutorSpec | None = None, /, *, timeout: float | None = None
+    ) -> Offloader: ...
     @overload
-    def offload(self, /, *, executor: ExecutorSpec | None = None) -> Offloader: ...
-    def offload(self, fn: Any = None, /, executor: Any = None) -> Any:
+    def offload(
+        self, /, *, executor: ExecutorSpec | None = None, timeout: float | None = None
+    ) -> Offloader: ...
+    def offload(self, fn: Any = None, /, executor: Any = None, timeout: Any = None) -> Any:
         """The ``offload`` decorator, resolving names in this registry.
 
-        It takes the same forms as the module-level [`offload`][offload.offload].
+        It takes the same forms and options (``executor``, ``timeout``) as the
+        module-level [`offload`][offload.offload].
 
         Example:
             >>> import asyncio, offload
@@ -312,12 +394,19 @@ class Registry:
             42
             >>> registry.shutdown()
         """
-        return decorate(self, fn, executor)
+        return decorate(self, fn, executor, timeout)
+
+
+def _stop(executor: Executor, cancel_futures: bool) -> None:
+    try:
+        executor.shutdown(wait=False, cancel_futures=cancel_futures)
+    except TypeError:  # an executor with the pre-3.9 signature, such as loky's
+        executor.shutdown(wait=False)
 
 
 def _wait_for(executor: Executor, deadline: float | None) -> bool:
     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-    if isinstance(executor, ThreadPool):
+    if isinstance(executor, (ThreadPool, ProcessPool)):
         return executor._join(remaining)
     if remaining is None:
         executor.shutdown(wait=True)

@@ -1,0 +1,298 @@
+"""Sending offloaded calls to other processes: by reference, never the wrapper.
+
+A decorated function cannot be pickled as it is: the module attribute is the
+wrapper, so pickle refuses the original (it is "not the same object") and the
+wrapper has no ``__reduce__``. Even if the wrapper arrived, calling it in the
+worker would submit the call again. So a call travels as a ``Ref``: the
+module and qualified name where the *decorated* object lives, plus the instance
+or class it was bound to. The worker looks the name up and calls its
+``__wrapped__``, the original body. Anything that is not an offloaded function
+(a builtin, a callable object, a ``functools.partial``) is pickled as it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import traceback
+from typing import Any
+
+import wrapt
+
+from ._errors import NotPicklableError
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _lookup(module: str, qualname: str, *, load: bool = False) -> Any:
+    """The object stored at ``module.qualname``, looking in class dicts, or None.
+
+    With ``load``, as in a worker, the module is imported if it is not yet.
+    """
+    if "<" in qualname:  # "<locals>", "<lambda>": nothing to look up
+        return None
+    obj: Any = sys.modules.get(module)
+    if obj is None and load:
+        obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        if obj is None:
+            return None
+        # A class's __dict__ holds the decorated object itself; getattr would
+        # run the descriptor protocol and hand back a bound wrapper.
+        obj = vars(obj).get(part) if isinstance(obj, type) else getattr(obj, part, None)
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    return obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+
+
+class Ref:
+    """An offloaded function by name, bound to ``owner`` (an instance or class) if any."""
+
+    __slots__ = ("module", "owner", "qualname")
+
+    def __init__(self, module: str, qualname: str, owner: Any) -> None:
+        self.module, self.qualname, self.owner = module, qualname, owner
+
+    def __reduce__(self) -> tuple[type[Ref], tuple[str, str, Any]]:
+        return Ref, (self.module, self.qualname, self.owner)
+
+    def __repr__(self) -> str:
+        return f"<offload.Ref {self.module}.{self.qualname}>"
+
+    def resolve(self) -> Any:
+        """The original, unwrapped callable, bound as it was in the caller."""
+        stored = _lookup(self.module, self.qualname, load=True)
+        if not isinstance(stored, wrapt.FunctionWrapper):
+            raise LookupError(  # noqa: TRY004  # the name does not lead to an offloaded function
+                f"{self.module}.{self.qualname} is not an offloaded function in this process"
+            )
+        original = stored.__wrapped__
+        owner = self.owner
+        if isinstance(original, classmethod):
+            return original.__get__(None, owner)
+        if isinstance(original, staticmethod):
+            return original.__func__
+        if owner is None:
+            return original
+        return original.__get__(owner, type(owner))
+
+
+def ship_target(fn: Any) -> Any:
+    """What to pickle for ``fn``: a ``Ref`` if it is offloaded, else ``fn`` itself.
+
+    ``fn`` is what the wrapper received: the original function, or the
+    original bound to its instance or class.
+    """
+    owner = None
+    func = fn
+    if isinstance(fn, wrapt.PartialCallableObjectProxy):  # Class.method(instance, ...)
+        func, owner = fn.__wrapped__, fn._self_args[0]
+    elif hasattr(fn, "__self__") and hasattr(fn, "__func__"):  # a bound method
+        func, owner = fn.__func__, fn.__self__
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        stored = _lookup(module, qualname)
+        if isinstance(stored, wrapt.FunctionWrapper) and _plain(stored.__wrapped__) is func:
+            return Ref(module, qualname, owner)
+    if isinstance(fn, wrapt.PartialCallableObjectProxy):
+        return _Bind(func, owner)
+    return fn
+
+
+class _Bind:
+    """``func`` with ``owner`` as its first argument, picklable (a wrapt partial is not)."""
+
+    __slots__ = ("func", "owner")
+
+    def __init__(self, func: Any, owner: Any) -> None:
+        self.func, self.owner = func, owner
+
+    def __reduce__(self) -> tuple[type[_Bind], tuple[Any, Any]]:
+        return _Bind, (self.func, self.owner)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(self.owner, *args, **kwargs)
+
+
+def local_function_error(fn: Any, where: str) -> TypeError | None:
+    """The error for a lambda or nested function bound for a process, or None."""
+    func = getattr(fn, "__func__", fn)
+    qualname = getattr(func, "__qualname__", "")
+    if not isinstance(qualname, str) or "<" not in qualname:
+        return None
+    kind = "a lambda" if "<lambda>" in qualname else "a function defined inside another function"
+    return TypeError(
+        f"{qualname} cannot run on {where}: a process executor pickles the function by "
+        f"reference (its module and name), and {kind} has none a worker process could "
+        "import. Define it at module level (or as a method of a module-level class), or "
+        "run it on a thread executor such as 'default'."
+    )
+
+
+def call_original(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """In the worker: run the original body that ``target`` stands for."""
+    fn = target.resolve() if isinstance(target, Ref) else target
+    return fn(*args, **kwargs)
+
+
+class RemoteJob:
+    """A call that runs ``call_original`` when called; what foreign pools unpickle."""
+
+    __slots__ = ("args", "kwargs", "target")
+
+    def __init__(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.target, self.args, self.kwargs = target, args, kwargs
+
+    def __reduce__(self) -> tuple[type[RemoteJob], tuple[Any, ...]]:
+        return RemoteJob, (self.target, self.args, self.kwargs)
+
+    def __call__(self) -> Any:
+        return call_original(self.target, self.args, self.kwargs)
+
+
+# -- With the standard library's pickle: clear errors in both directions -------
+
+
+def pack_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bytes:
+    """Pickle a call for a worker process, or raise ``NotPicklableError``."""
+    try:
+        return pickle.dumps((target, args, kwargs), PROTOCOL)
+    except Exception as exc:
+        try:
+            pickle.dumps(target, PROTOCOL)
+        except Exception:
+            what = f"{name} itself cannot be pickled to send it"
+        else:
+            what = f"the arguments of {name} cannot be pickled to send them"
+        raise NotPicklableError(
+            f"{what} to a worker process ({type(exc).__name__}: {exc}). A process executor "
+            "copies the function, its arguments and its result between processes: pass "
+            "picklable values, or run the call on a thread executor."
+        ) from exc
+
+
+def run_packed(data: bytes | memoryview, name: str) -> Any:
+    """In the worker: unpickle a call made by ``pack_call`` and run it."""
+    try:
+        target, args, kwargs = pickle.loads(data)  # noqa: S301  # our own call, from our parent
+    except Exception as exc:
+        raise NotPicklableError(
+            f"the worker process could not load {name} or its arguments "
+            f"({type(exc).__name__}: {exc}). Under spawn and forkserver a worker imports "
+            "the function's module by name: define it in an importable module, not in an "
+            "interactive session."
+        ) from exc
+    return call_original(target, args, kwargs)
+
+
+def pack_result(value: Any, name: str) -> bytes:
+    """In the worker: pickle a result, or raise ``NotPicklableError``."""
+    try:
+        return pickle.dumps(value, PROTOCOL)
+    except Exception as exc:
+        raise NotPicklableError(
+            f"the result of {name} cannot be pickled to send it back from the worker "
+            f"process ({type(exc).__name__}: {exc}). Return picklable values from a call "
+            "that runs in another process."
+        ) from exc
+
+
+def unpack_result(data: bytes | memoryview, name: str) -> Any:
+    """In the caller: unpickle a result made by ``pack_result``."""
+    try:
+        return pickle.loads(data)  # noqa: S301  # from a worker we started
+    except Exception as exc:
+        raise NotPicklableError(
+            f"the result of {name} came back from the worker process but cannot be "
+            f"unpickled here ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class RemoteTraceback(Exception):  # noqa: N818  # it is a traceback, shown as a cause
+    """The traceback of an exception raised in a worker process, as text."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def pack_exception(exc: BaseException, name: str) -> bytes:
+    """In the worker: pickle an exception with its traceback text."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        return pickle.dumps((exc, text), PROTOCOL)
+    except Exception as err:
+        substitute = RuntimeError(
+            f"{name} raised {type(exc).__name__}: {exc} in the worker process, and that "
+            f"exception cannot be pickled ({type(err).__name__}: {err})"
+        )
+        return pickle.dumps((substitute, text), PROTOCOL)
+
+
+def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
+    """In the caller: the exception a worker raised, its traceback as ``__cause__``."""
+    try:
+        exc: BaseException
+        exc, text = pickle.loads(data)  # noqa: S301  # from a worker we started
+    except Exception as err:
+        return NotPicklableError(
+            f"{name} raised an exception in the worker process that cannot be unpickled "
+            f"here ({type(err).__name__}: {err})"
+        )
+    if not isinstance(exc.__cause__, RemoteTraceback):
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+    return exc
+
+
+class Shipment:
+    """A call for a standard ``ProcessPoolExecutor``; pickles with clear errors.
+
+    The pool pickles it in its feeder thread, where a failure fails this call's
+    Future and leaves the pool usable. In the worker it stays bytes until the job
+    runs, so a call the worker cannot load fails alone instead of breaking the
+    pool.
+    """
+
+    __slots__ = ("args", "data", "kwargs", "name", "target")
+
+    def __init__(
+        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+    ) -> None:
+        self.target, self.args, self.kwargs, self.name = target, args, kwargs, name
+        self.data = b""
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
+        return _arrived, (pack_call(self.target, self.args, self.kwargs, self.name), self.name)
+
+
+def _arrived(data: bytes, name: str) -> Shipment:
+    shipment = Shipment.__new__(Shipment)
+    shipment.data, shipment.name = data, name
+    return shipment
+
+
+class Packed:
+    """A result pickled in the worker; unpickled by the caller, where errors are clear."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[type[Packed], tuple[bytes]]:
+        return Packed, (self.data,)
+
+
+def run_shipment(shipment: Shipment) -> Packed:
+    """In a standard pool's worker: run a ``Shipment``, pack its result."""
+    result = run_packed(shipment.data, shipment.name)
+    return Packed(pack_result(result, shipment.name))
+
+
+#: Code objects of the frames that run a call in a worker process: a function
+#: asking ``offload.cancelled()`` there is never cancelled cooperatively (its
+#: worker is terminated instead, where offload manages the pool).
+REMOTE_CODES = frozenset({call_original.__code__})

@@ -1,0 +1,566 @@
+"""offload's own process pool: it knows which worker runs which call.
+
+A ``concurrent.futures.ProcessPoolExecutor`` cannot stop one job: killing a
+worker breaks the whole pool and fails every call in flight. Here each worker
+runs one call at a time over its own pipe, so a call that times out or is
+cancelled costs only its own worker, which is terminated (``SIGTERM``, then
+``SIGKILL`` if it lingers) and replaced. A worker that dies fails only its own
+call, with [`WorkerDiedError`][offload.WorkerDiedError]. One manager thread per pool sends
+calls, reads results and watches the workers; results go straight to the
+caller's loop through its delivery queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import functools
+import itertools
+import math
+import multiprocessing
+import multiprocessing.util  # its exit hook must be registered before ours runs
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Executor
+from concurrent.futures import Future as ConcurrentFuture
+from multiprocessing.connection import Connection, wait
+from typing import Any, ParamSpec, TypeVar
+
+from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
+from ._errors import (
+    ExecutorShutdownError,
+    NotPicklableError,
+    WorkerDiedError,
+    describe_exit,
+    name_of,
+)
+from ._pickling import (
+    Ref,
+    local_function_error,
+    pack_call,
+    pack_exception,
+    pack_result,
+    run_packed,
+    ship_target,
+    unpack_exception,
+    unpack_result,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_pool_numbers = itertools.count()
+
+#: Environment variable choosing the start method of the built-in ``"cpu"`` pool.
+START_METHOD_VARIABLE = "OFFLOAD_CPU_START_METHOD"
+
+_RESULT, _ERROR = b"r", b"e"
+
+
+def default_start_method() -> str:
+    """``"forkserver"`` where the platform has it, else ``"spawn"``.
+
+    Not ``"fork"``: forking a process that runs an event loop and thread pools
+    copies their locks mid-use (Python 3.14 made the same choice).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _worker_main(conn: Connection, parent_end: Connection | None = None) -> None:
+    """A worker process: run calls from ``conn`` one at a time until told to stop."""
+    if parent_end is not None:
+        # Forked, this process holds the pool's end of its own pipe too: close
+        # it, or the pipe never reports the pool's process gone.
+        parent_end.close()
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if not message:
+            return
+        split = message.index(b"\0")
+        name = message[:split].decode()
+        try:
+            reply = _RESULT + pack_result(run_packed(memoryview(message)[split + 1 :], name), name)
+        except BaseException as exc:
+            reply = _ERROR + pack_exception(exc, name)
+            del exc
+        del message
+        try:
+            conn.send_bytes(reply)
+        except OSError:
+            return
+
+
+class _Job:
+    """One call: where it goes (a loop's Future, or a concurrent Future) and its state."""
+
+    __slots__ = ("abandoned", "args", "delivery", "finished", "future", "kwargs", "name", "target")
+
+    def __init__(
+        self,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: asyncio.Future[Any] | ConcurrentFuture[Any],
+        delivery: Delivery | None,
+    ) -> None:
+        self.target, self.args, self.kwargs = target, args, kwargs
+        self.future, self.delivery = future, delivery
+        self.name = target.qualname if isinstance(target, Ref) else name_of(target)
+        self.abandoned = False  # its caller gave up: cancelled, or timed out
+        self.finished = False  # an outcome was delivered, or its worker was stopped
+
+    def start(self) -> bool:
+        if self.delivery is None:
+            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+        return not (self.abandoned or self.future.done())
+
+    def succeed(self, value: Any) -> None:
+        if self.delivery is None:
+            self.future.set_result(value)
+        else:
+            self.delivery.push(self.future, value, None)  # type: ignore[arg-type]
+
+    def fail(self, exc: BaseException) -> None:
+        if self.delivery is None:
+            self.future.set_exception(exc)
+        else:
+            self.delivery.push(self.future, None, _settable(exc))  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        if self.delivery is None:
+            self.future.cancel()
+        else:
+            self.delivery.push(self.future, None, _CANCELLED)  # type: ignore[arg-type]
+
+
+class _Worker:
+    __slots__ = ("conn", "gone", "job", "kill_at", "process", "stopping")
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process, self.conn = process, conn
+        self.job: _Job | None = None
+        self.gone = False  # its pipe closed: waiting for the process to be reaped
+        self.stopping = False
+        self.kill_at = math.inf
+
+    @property
+    def idle(self) -> bool:
+        return self.job is None and not (self.gone or self.stopping)
+
+
+_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+
+
+class ProcessPool(Executor):
+    """A process pool that can stop one call: the built-in ``"cpu"`` name uses it.
+
+    Offloaded calls run in worker processes, started on demand up to
+    ``max_workers`` and reused. The function travels by reference (module and
+    name), its arguments and result by pickle; in the worker the original body
+    runs, never the wrapper.
+
+    Beyond ``ProcessPoolExecutor``:
+
+    - a call that times out (``offload(..., timeout=...)``) or whose Future is
+      cancelled while it runs has its worker terminated: ``SIGTERM``, then
+      ``SIGKILL`` after ``terminate_timeout`` seconds. A new worker takes its
+      place; other calls in flight carry on.
+    - a worker that dies fails only its own call, with
+      [`WorkerDiedError`][offload.WorkerDiedError]; the pool stays usable.
+    - a call whose function, arguments or result cannot be pickled fails alone,
+      with [`NotPicklableError`][offload.NotPicklableError].
+
+    Args:
+        max_workers: Worker processes at most; defaults to the CPU count.
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; defaults to
+            ``"forkserver"`` where available, else ``"spawn"``.
+        name: Prefix of the worker process names.
+        terminate_timeout: Seconds between ``SIGTERM`` and ``SIGKILL`` when a
+            worker is stopped.
+
+    Example:
+        >>> import offload
+        >>> pool = offload.ProcessPool(2, start_method="spawn", name="offload-docs")
+        >>> pool
+        <offload.ProcessPool 'offload-docs' max_workers=2 start_method='spawn' 0 processes>
+        >>> pool.shutdown()
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        name: str | None = None,
+        terminate_timeout: float = 1.0,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive int, got {max_workers!r}")
+        if start_method is None:
+            start_method = default_start_method()
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method must be one of {multiprocessing.get_all_start_methods()}, "
+                f"got {start_method!r}"
+            )
+        if not terminate_timeout >= 0:
+            raise ValueError(f"terminate_timeout must be >= 0, got {terminate_timeout!r}")
+        self._context = multiprocessing.get_context(start_method)
+        self._start_method = start_method
+        self._max_workers = max_workers
+        self._name = name or f"offload-processes{next(_pool_numbers)}"
+        self._terminate_timeout = terminate_timeout
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._closed = False
+        self._woken = False
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._manager: threading.Thread | None = None
+        # Touched by the manager thread only:
+        self._workers: list[_Worker] = []
+        self._dying: list[_Worker] = []
+        self._started = 0
+        _pools.add(self)
+
+    @property
+    def max_workers(self) -> int:
+        """How many worker processes the pool may run at once."""
+        return self._max_workers
+
+    @property
+    def name(self) -> str:
+        """The prefix of the pool's worker process names."""
+        return self._name
+
+    @property
+    def start_method(self) -> str:
+        """How worker processes start: ``"fork"``, ``"spawn"`` or ``"forkserver"``."""
+        return self._start_method
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else f"{len(self._workers)} processes"
+        return (
+            f"<offload.ProcessPool {self._name!r} max_workers={self._max_workers} "
+            f"start_method={self._start_method!r} {state}>"
+        )
+
+    # -- the caller's side ---------------------------------------------------
+
+    def _offload(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[Any]:
+        """Queue an offloaded call; its Future is resolved on ``loop``."""
+        future = loop.create_future()
+        job = _Job(self._target(fn), args, kwargs, future, delivery_for(loop))
+        self._put(job)
+        future.add_done_callback(functools.partial(self._settled, job))
+        return future
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ConcurrentFuture[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
+        future: ConcurrentFuture[T] = ConcurrentFuture()
+        self._put(_Job(self._target(fn), args, kwargs, future, None))
+        return future
+
+    def _target(self, fn: Callable[..., Any]) -> Any:
+        target = ship_target(fn)
+        if target is fn:
+            error = local_function_error(fn, f"the process pool {self._name!r}")
+            if error is not None:
+                raise error
+        return target
+
+    def _put(self, job: _Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError(f"the process pool {self._name!r} was shut down")
+            self._queue.append(job)
+            if self._manager is None:
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.settimeout(0.0)  # non-blocking
+                self._wake_w.settimeout(0.0)
+                self._manager = threading.Thread(
+                    target=self._manage, name=f"{self._name}-manager", daemon=True
+                )
+                self._manager.start()
+                # Told to stop when this process exits, before multiprocessing
+                # joins its children: also in a process multiprocessing started,
+                # which runs these finalizers and not atexit.
+                multiprocessing.util.Finalize(
+                    self, _stop_pool, args=(weakref.ref(self),), exitpriority=10
+                )
+            else:
+                self._wake()
+
+    def _wake(self) -> None:
+        # With self._lock held. One byte per burst: the manager clears the flag
+        # before it looks at the queue, so no request is missed.
+        if not self._woken and self._wake_w is not None:
+            self._woken = True
+            with contextlib.suppress(OSError):  # a full buffer: the manager is awake anyway
+                self._wake_w.send(b"\0")
+
+    def _settled(self, job: _Job, _future: object) -> None:
+        """Done-callback of an offloaded call's Future: stop it if it still runs."""
+        if not job.finished:
+            job.abandoned = True
+            with self._lock:
+                self._wake()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking calls; optionally cancel the queued ones; optionally wait.
+
+        Queued calls still run unless ``cancel_futures`` is true. Workers exit
+        once their current call is done.
+        """
+        with self._lock:
+            self._closed = True
+            dropped = list(self._queue) if cancel_futures else []
+            if cancel_futures:
+                self._queue.clear()
+            self._wake()
+        for job in dropped:
+            job.cancel()
+        if wait:
+            self._join()
+
+    def _join(self, timeout: float | None = None) -> bool:
+        """Wait for a shut-down pool's workers to exit; true if they all have."""
+        manager = self._manager
+        if manager is None or manager is threading.current_thread():
+            return True
+        manager.join(timeout)
+        return not manager.is_alive()
+
+    # -- the manager thread --------------------------------------------------
+
+    def _manage(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self._fail_all(exc)
+            raise
+        finally:
+            for sock in (self._wake_r, self._wake_w):
+                if sock is not None:
+                    sock.close()
+
+    def _run(self) -> None:
+        wake_r = self._wake_r
+        assert wake_r is not None  # noqa: S101  # set before the thread starts
+        while True:
+            now = time.monotonic()
+            self._stop_abandoned(now)
+            self._assign()
+            if self._closed and self._retire():
+                return
+            waitables: list[Any] = [wake_r]
+            for worker in self._workers:
+                if worker.job is not None and not worker.gone:
+                    waitables.append(worker.conn)
+                waitables.append(worker.process.sentinel)
+            waitables.extend(worker.process.sentinel for worker in self._dying)
+            deadline = min((worker.kill_at for worker in self._dying), default=math.inf)
+            timeout = None if deadline == math.inf else max(0.0, deadline - now)
+            self._handle(set(wait(waitables, timeout)))
+
+    def _handle(self, ready: set[Any]) -> None:
+        wake_r = self._wake_r
+        if wake_r in ready:
+            with self._lock:
+                self._woken = False
+            with contextlib.suppress(BlockingIOError):
+                while wake_r.recv(4096):  # type: ignore[union-attr]
+                    pass
+        for worker in self._workers:
+            if worker.conn in ready:
+                self._receive(worker)
+        for worker in [w for w in self._workers if w.process.sentinel in ready]:
+            self._buried(worker)
+        self._reap(ready)
+
+    def _assign(self) -> None:
+        while True:
+            worker = next((w for w in self._workers if w.idle), None)
+            if worker is None and len(self._workers) >= self._max_workers:
+                return
+            with self._lock:
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+            if not job.start():
+                job.finished = True
+                continue  # cancelled or timed out before it started: it never runs
+            try:
+                data = pack_call(job.target, job.args, job.kwargs, job.name)
+            except NotPicklableError as exc:
+                job.finished = True
+                job.fail(exc)
+                continue
+            if worker is None:
+                try:
+                    worker = self._start_worker()
+                except Exception as exc:
+                    job.finished = True
+                    err = RuntimeError(
+                        f"the process pool {self._name!r} could not start a worker process "
+                        f"for {job.name}: {type(exc).__name__}: {exc}"
+                    )
+                    err.__cause__ = exc
+                    job.fail(err)
+                    continue
+            worker.job = job
+            try:
+                worker.conn.send_bytes(job.name.encode() + b"\0" + data)
+            except OSError:
+                worker.gone = True  # it died: its sentinel reports how
+
+    def _start_worker(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        inherited = parent if self._start_method == "fork" else None
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(child, inherited), name=f"{self._name}_{self._started}"
+        )
+        self._started += 1
+        process.start()
+        child.close()
+        worker = _Worker(process, parent)
+        self._workers.append(worker)
+        return worker
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            reply = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            worker.gone = True
+            return
+        job, worker.job = worker.job, None
+        if job is None:
+            return
+        job.finished = True
+        body = memoryview(reply)[1:]
+        if reply[:1] == _RESULT:
+            try:
+                value = unpack_result(body, job.name)
+            except NotPicklableError as exc:
+                job.fail(exc)
+            else:
+                job.succeed(value)
+        else:
+            job.fail(unpack_exception(body, job.name))
+
+    def _buried(self, worker: _Worker) -> None:
+        """A worker process ended on its own: fail its call, forget the worker."""
+        worker.process.join()
+        worker.conn.close()
+        self._workers.remove(worker)
+        job = worker.job
+        if job is not None and not job.finished:
+            job.finished = True
+            code = worker.process.exitcode
+            job.fail(
+                WorkerDiedError(
+                    f"the worker process running {job.name} died ({describe_exit(code)}) "
+                    f"before it returned; the pool {self._name!r} replaces it, so later "
+                    "calls run on a new worker",
+                    code,
+                )
+            )
+
+    def _stop_abandoned(self, now: float) -> None:
+        for worker in list(self._workers):
+            job = worker.job
+            if job is not None and job.abandoned and not job.finished:
+                job.finished = True  # its Future is settled already: nothing to deliver
+                worker.job = None
+                worker.process.terminate()
+                worker.kill_at = now + self._terminate_timeout
+                self._workers.remove(worker)
+                self._dying.append(worker)
+
+    def _reap(self, ready: set[Any]) -> None:
+        now = time.monotonic()
+        for worker in list(self._dying):
+            if worker.process.sentinel in ready:
+                worker.process.join()
+                worker.conn.close()
+                self._dying.remove(worker)
+            elif worker.kill_at <= now:
+                worker.process.kill()  # it ignored SIGTERM
+                worker.kill_at = math.inf
+
+    def _retire(self) -> bool:
+        """While closing: stop idle workers; true once every worker has exited."""
+        with self._lock:
+            if self._queue:
+                return False
+        for worker in self._workers:
+            if worker.idle:
+                worker.stopping = True
+                try:
+                    worker.conn.send_bytes(b"")
+                except OSError:
+                    worker.gone = True
+        return not self._workers and not self._dying
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            self._closed = True
+            jobs = list(self._queue)
+            self._queue.clear()
+        jobs.extend(w.job for w in self._workers if w.job is not None)
+        for job in jobs:
+            if not job.finished:
+                job.finished = True
+                job.fail(RuntimeError(f"the process pool {self._name!r} failed: {exc!r}"))
+        for worker in self._workers + self._dying:
+            worker.process.kill()
+
+
+def _reset_after_fork() -> None:
+    # The parent's manager thread and workers are not this process's: start afresh.
+    for pool in list(_pools):
+        pool._lock = threading.Lock()
+        pool._queue.clear()
+        pool._woken = False
+        pool._wake_r = pool._wake_w = None
+        pool._manager = None
+        pool._workers, pool._dying = [], []
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _stop_pool(ref: weakref.ref[ProcessPool]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _shutdown_all() -> None:
+    for pool in list(_pools):
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# Workers are not daemons (so a call may start processes of its own), so they
+# must be told to stop before multiprocessing joins them at exit.
+atexit.register(_shutdown_all)

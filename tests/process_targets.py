@@ -1,0 +1,202 @@
+"""Offloaded functions for the process and cluster tests.
+
+They live in an importable module so that workers started with spawn and
+forkserver (and Dask workers) can import them by name. Each is decorated with a
+name in ``registry``; the tests point the names at the executor under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import offload
+
+registry = offload.Registry()
+
+#: How long a worker waits for a file before giving up, as conftest.WAIT.
+WAIT = 10.0
+
+
+def _wait_for(path: Path) -> bool:
+    deadline = time.monotonic() + WAIT
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@registry.offload("procs")
+def where() -> int:
+    """The process the call ran in."""
+    return os.getpid()
+
+
+@registry.offload("procs")
+def power(x: int, *, exponent: int = 2) -> int:
+    return int(x**exponent)
+
+
+@registry.offload("procs")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@registry.offload("procs")
+def identity(value: Any) -> Any:
+    return value
+
+
+@registry.offload("procs")
+def make_lock() -> threading.Lock:
+    """A result that cannot be pickled."""
+    return threading.Lock()
+
+
+@registry.offload("procs")
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+@registry.offload("procs")
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+@registry.offload("procs")
+def crash() -> None:
+    faulthandler.disable()  # a forked worker inherits pytest's; the crash is expected
+    ctypes.string_at(0)  # read address 0: SIGSEGV
+
+
+def _hold(started: Path, release: Path | None, ignore_sigterm: bool) -> int:
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started.write_text(str(os.getpid()))
+    if release is None:
+        while True:
+            time.sleep(0.01)
+    _wait_for(release)
+    return os.getpid()
+
+
+@registry.offload("procs")
+def hold(started: Path, release: Path | None = None, ignore_sigterm: bool = False) -> int:
+    """Report the pid in ``started``, then wait for ``release`` (forever if None)."""
+    return _hold(started, release, ignore_sigterm)
+
+
+@registry.offload("procs", timeout=1.0)
+def hold_with_deadline(started: Path, ignore_sigterm: bool = False) -> int:
+    """As ``hold`` with no release, with a one-second deadline."""
+    return _hold(started, None, ignore_sigterm)
+
+
+@registry.offload("cluster")
+def on_cluster(x: int) -> tuple[int, int]:
+    return x * 2, os.getpid()
+
+
+@registry.offload("cluster")
+def fail_on_cluster(message: str) -> None:
+    raise KeyError(message)
+
+
+@registry.offload("cluster")
+def hold_on_cluster(started: Path, release: Path) -> int:
+    return _hold(started, release, ignore_sigterm=False)
+
+
+@registry.offload("loky")
+def on_loky(x: int) -> tuple[int, int]:
+    return x + 1, os.getpid()
+
+
+class Shape:
+    """Every binding kind, decorated for a process pool."""
+
+    sides = 0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    @registry.offload("procs")
+    def area(self) -> tuple[str, int, int]:
+        return type(self).__name__, self.size * self.size, os.getpid()
+
+    @registry.offload("procs")
+    @classmethod
+    def describe(cls, prefix: str) -> tuple[str, int]:
+        return f"{prefix}{cls.__name__}", cls.sides
+
+    @registry.offload("procs")
+    @staticmethod
+    def double(x: int) -> tuple[int, int]:
+        return 2 * x, os.getpid()
+
+    @registry.offload("cluster")
+    def area_on_cluster(self) -> int:
+        return self.size * self.size
+
+
+class Triangle(Shape):
+    sides = 3
+
+    @registry.offload("procs")
+    def area(self) -> tuple[str, int, int]:
+        name, square, pid = super().area.__wrapped__()  # type: ignore[attr-defined]
+        return name, square // 2, pid
+
+
+@registry.offload("procs")
+def ask_cancelled() -> bool:
+    """What ``offload.cancelled()`` says in a worker process."""
+    return offload.cancelled()
+
+
+@registry.offload("cpu")
+def on_cpu(x: int) -> tuple[int, int]:
+    """Runs on the built-in ``"cpu"`` pool."""
+    return x * 3, os.getpid()
+
+
+# -- For the tests' side: waiting on workers without sleeping blindly ----------
+
+
+async def started(path: Path) -> int:
+    """Wait until a held call has written its pid to ``path``; return the pid."""
+    ok = await asyncio.to_thread(_wait_for, path)
+    assert ok, f"the call never started: {path} was not written"
+    return int(await asyncio.to_thread(path.read_text))
+
+
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def eventually(condition: Callable[[], bool]) -> bool:
+    """Wait (up to WAIT) until ``condition()`` holds, for state no event reports."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def gone(pid: int) -> bool:
+    """Wait (up to WAIT) until process ``pid`` has exited and been reaped."""
+    return await eventually(lambda: _exited(pid))
