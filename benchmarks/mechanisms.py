@@ -77,6 +77,20 @@ def _offload_registered(body: Body, pool: Any, workers: int) -> Callable[[int], 
     return registry.offload(body)
 
 
+class _UncountedRegistry(offload.Registry):
+    """A registry whose names keep no statistics: the gap between the "offload"
+    row and this one is what statistics cost."""
+
+    def _route(self, name: str) -> Any:
+        return self.get_executor(name), None
+
+
+def _offload_unmonitored(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
+    registry = _UncountedRegistry()
+    registry.register("default", pool)
+    return registry.offload(body)
+
+
 def _offload_executor(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
     return offload.offload(body, executor=pool)
 
@@ -134,6 +148,13 @@ def _offload_pool(workers: int) -> Executor:
 
 MECHANISMS: tuple[Mechanism, ...] = (
     Mechanism("offload", "offload (own ThreadPool)", ASYNCIO, _offload_registered, _offload_pool),
+    Mechanism(
+        "offload_nostats",
+        "offload (own ThreadPool, no stats)",
+        ASYNCIO,
+        _offload_unmonitored,
+        _offload_pool,
+    ),
     Mechanism("offload_tpe", "offload (stdlib ThreadPoolExecutor)", ASYNCIO, _offload_executor),
     Mechanism(
         "run_on_executor",

@@ -20,10 +20,12 @@ from ._api import get_executor as get_executor
 from ._api import offload as offload
 from ._api import register as register
 from ._api import shutdown as shutdown
+from ._api import stats as stats
 from ._dask import DaskExecutor as DaskExecutor
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
 from ._errors import NotPicklableError as NotPicklableError
+from ._errors import OverloadedError as OverloadedError
 from ._errors import UnknownExecutorError as UnknownExecutorError
 from ._errors import WorkerDiedError as WorkerDiedError
 from ._facade import Facade as Facade
@@ -32,24 +34,31 @@ from ._facade import facade as facade
 from ._iterate import acontext as acontext
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
+from ._monitor import ExecutorStats as ExecutorStats
+from ._monitor import Timings as Timings
 from ._pool import ThreadPool as ThreadPool
 from ._process import ProcessPool as ProcessPool
 from ._registry import Registry as Registry
 from ._timeouts import cancelled as cancelled
 from ._timeouts import check_cancelled as check_cancelled
 from ._tornado import run_on_executor as run_on_executor
+from ._web import StatsHandler as StatsHandler
 
 __all__ = (
     "AffineThread",
     "DaskExecutor",
     "DeadlockError",
     "ExecutorShutdownError",
+    "ExecutorStats",
     "Facade",
     "NotPicklableError",
     "Offloader",
+    "OverloadedError",
     "ProcessPool",
     "Registry",
+    "StatsHandler",
     "ThreadPool",
+    "Timings",
     "UnknownExecutorError",
     "WorkerDiedError",
     "acontext",
@@ -64,6 +73,7 @@ __all__ = (
     "register",
     "run_on_executor",
     "shutdown",
+    "stats",
 )
 
 # Show the public path in reprs, tracebacks and docs, not the private module.

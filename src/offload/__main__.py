@@ -1,8 +1,8 @@
-"""Command-line entry point: ``python -m offload demo``."""
+"""Command-line entry point: ``python -m offload demo`` or ``python -m offload soak``."""
 
 import sys
 
-from ._demo import main
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
+from ._monitor import ExecutorStats, WhenFull
 from ._registry import ExecutorOrFactory, Registry
 
 P = ParamSpec("P")
@@ -102,19 +103,47 @@ def register(
     *,
     replace: bool = False,
     default: bool = False,
+    max_pending: int | None = None,
+    when_full: WhenFull = "wait",
+    warn_after: float | None = 1.0,
 ) -> None:
     """Register an executor, or a factory for one, under ``name``.
 
-    See [`Registry.register`][offload.Registry.register] for the arguments and the
-    lookup order.
+    See [`Registry.register`][offload.Registry.register] for the arguments, the
+    lookup order and the bound on pending calls.
 
     Example:
         >>> import offload
         >>> offload.register("db", lambda: offload.ThreadPool(4, name="offload-db"))
         >>> offload.get_executor("db").max_workers
         4
+        >>> offload.register("db", offload.ThreadPool(4), replace=True, max_pending=100)
     """
-    default_registry.register(name, executor_or_factory, replace=replace, default=default)
+    default_registry.register(
+        name,
+        executor_or_factory,
+        replace=replace,
+        default=default,
+        max_pending=max_pending,
+        when_full=when_full,
+        warn_after=warn_after,
+    )
+
+
+def stats() -> dict[str, ExecutorStats]:
+    """Each name's counters and timings in the shared registry, as plain data.
+
+    See [`Registry.stats`][offload.Registry.stats] and
+    [`ExecutorStats`][offload.ExecutorStats]; serve them over HTTP with
+    [`StatsHandler`][offload.StatsHandler].
+
+    Example:
+        >>> import offload
+        >>> io = offload.stats()["io"]
+        >>> io["name"], io["max_pending"]
+        ('io', None)
+    """
+    return default_registry.stats()
 
 
 def get_executor(name: str = "default") -> Executor:

@@ -14,6 +14,7 @@ import wrapt
 
 from ._dispatch import dispatch, sends_by_pickle
 from ._errors import no_running_loop
+from ._monitor import Monitor
 from ._pickling import local_function_error
 from ._timeouts import arm, check_timeout
 
@@ -104,11 +105,11 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
     """Wrap ``fn`` so each call runs on the executor ``spec`` names."""
     _check_target(fn)
     _check_travels(registry, fn, spec)
-    resolve: Callable[[], Executor]
+    route: Callable[[], tuple[Executor, Monitor | None]]
     if isinstance(spec, str):
-        resolve = functools.partial(registry.get_executor, spec)
+        route = functools.partial(registry._route, spec)
     else:
-        resolve = functools.partial(_same, spec)
+        route = functools.partial(_unnamed, spec)
 
     if timeout is None:
 
@@ -116,7 +117,8 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
-            return dispatch(loop, resolve(), wrapped, args, kwargs)
+            executor, monitor = route()
+            return dispatch(loop, executor, wrapped, args, kwargs, monitor)
 
     else:
 
@@ -124,9 +126,9 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
-            executor = resolve()
-            future = dispatch(loop, executor, wrapped, args, kwargs)
-            return arm(loop, future, timeout, wrapped, executor)
+            executor, monitor = route()
+            future = dispatch(loop, executor, wrapped, args, kwargs, monitor)
+            return arm(loop, future, timeout, wrapped, executor, monitor=monitor)
 
     return OffloadedFunction(fn, run_offloaded)
 
@@ -147,8 +149,9 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
         raise error
 
 
-def _same(executor: Executor) -> Executor:
-    return executor
+def _unnamed(executor: Executor) -> tuple[Executor, None]:
+    # An Executor passed directly has no name, so no monitor counts its calls.
+    return executor, None
 
 
 def decorate(registry: Registry, target: Any, executor: Any, timeout: Any = None) -> Any:

@@ -13,8 +13,6 @@ import asyncio
 import collections
 import os
 import weakref
-from collections.abc import Callable
-from contextvars import Context
 from typing import Any
 
 #: Futures resolved per loop callback before yielding to the rest of the loop.
@@ -30,14 +28,17 @@ class Delivery:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_ref = weakref.ref(loop)
-        self._pending: collections.deque[tuple[asyncio.Future[Any], Any, Any]] = collections.deque()
+        # (future, result, exception, monitor): the monitor, if any, counts the outcome.
+        self._pending: collections.deque[tuple[asyncio.Future[Any], Any, Any, Any]] = (
+            collections.deque()
+        )
         self._scheduled = False
 
-    def push(self, future: asyncio.Future[Any], result: Any, exc: Any) -> None:
+    def push(self, future: asyncio.Future[Any], result: Any, exc: Any, monitor: Any = None) -> None:
         """Queue an outcome for the loop; called from any thread."""
         # Append first, then read the flag: the loop clears the flag before it
         # drains, so either it sees this item or we see the flag cleared.
-        self._pending.append((future, result, exc))
+        self._pending.append((future, result, exc, monitor))
         if not self._scheduled:
             self._wake()
 
@@ -53,22 +54,32 @@ class Delivery:
         # The loop is closed or gone: nobody can await these futures.
         self._pending.clear()
 
-    def _drain(self) -> None:
+    def _drain(self) -> None:  # noqa: C901 - one flat loop: it runs once per burst
         self._scheduled = False
         pending = self._pending
         for _ in range(MAX_PER_WAKEUP):
             try:
-                future, result, exc = pending.popleft()
+                future, result, exc, monitor = pending.popleft()
             except IndexError:
                 return
             if future.done():
-                continue  # cancelled while it ran: the late outcome is dropped
+                # Given up while it ran: the late outcome is dropped. A
+                # cancelled call is counted here; a timed-out one by its timer.
+                if monitor is not None and future.cancelled():
+                    next(monitor.cancelled)
+                continue
             if exc is None:
                 future.set_result(result)
+                if monitor is not None:
+                    next(monitor.completed)
             elif exc is _CANCELLED:
                 future.cancel()
+                if monitor is not None:
+                    next(monitor.cancelled)
             else:
                 future.set_exception(exc)
+                if monitor is not None:
+                    next(monitor.failed)
         if pending and not self._scheduled:
             self._scheduled = True
             loop = self._loop_ref()
@@ -103,18 +114,12 @@ def _settable(exc: BaseException) -> BaseException:
 
 #: One offloaded call, as executors carry it: a plain tuple, because a call
 #: is built on every invocation and tuples are the cheapest thing to build.
-#: ``call[RUN](call)`` runs it; ``call[ABANDON](call)`` reports that it never will.
-Call = tuple[
-    Callable[..., None],  # run
-    Callable[..., None],  # abandon
-    "asyncio.Future[Any]",
-    Delivery,
-    Context,
-    Callable[..., Any],  # the blocking function
-    tuple[Any, ...],
-    dict[str, Any],
-]
-RUN, ABANDON = 0, 1
+#: ``call[RUN](call)`` runs it; ``call[ABANDON](call)`` reports that it never
+#: will. Then come the Future, its loop's Delivery, the caller's contextvars,
+#: the blocking function, its args and kwargs; a call through a registered
+#: name adds its monitor, when it was made, and whether it holds a slot.
+Call = tuple[Any, ...]
+RUN, ABANDON, MONITOR, HOLDS = 0, 1, 8, 10
 
 
 def run_call(call: Call) -> None:
@@ -133,9 +138,20 @@ def run_call(call: Call) -> None:
         # otherwise tie the Future, its exception and this frame in a cycle.
         del call, future
     else:  # Delivery.push, inlined: this runs once per call
-        delivery._pending.append((future, result, None))
+        delivery._pending.append((future, result, None, None))
         if not delivery._scheduled:
             delivery._wake()
+
+
+def fail_call(call: Call, error: BaseException, *, started: bool) -> None:
+    """Fail an offloaded call's Future with ``error``: its pool gave up on it.
+
+    A call that ``started`` may still finish; its late outcome is dropped.
+    """
+    monitor = call[MONITOR] if len(call) > MONITOR else None
+    if monitor is not None and not started:
+        monitor.left_unstarted(holds=call[HOLDS])
+    call[3].push(call[2], None, error, monitor)
 
 
 def abandon_call(call: Call) -> None:
@@ -175,4 +191,4 @@ def run_held(held: Held) -> None:
     """Run the call in ``held`` on a foreign executor's worker."""
     # No local names the call: this frame outlives the run in any traceback.
     if held.call is not None:
-        run_call(held.take())  # type: ignore[arg-type]
+        held.call[RUN](held.take())

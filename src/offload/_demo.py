@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import threading
 import time
 from collections.abc import Generator
@@ -98,12 +99,8 @@ async def run(max_seconds: float, seed: int | None) -> float:
     return heartbeat.worst_lag
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m offload",
-        description="offload: run blocking calls from Tornado and asyncio on named executors.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_command(commands: Any) -> None:
+    """Add ``demo`` to the command line's subcommands."""
     demo = commands.add_parser(
         "demo",
         help="run ten blocking tasks without blocking the loop",
@@ -121,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         "use e.g. 0.3 for a quick run)",
     )
     demo.add_argument("--seed", type=int, default=None, help="seed the random durations")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``demo`` from parsed arguments; the exit status."""
     if args.max_seconds < 0:
-        parser.error("--max-seconds must not be negative")
+        sys.stderr.write("demo: --max-seconds must not be negative\n")
+        return 2
     IOLoop.current().run_sync(lambda: run(args.max_seconds, args.seed))
     return 0

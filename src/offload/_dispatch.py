@@ -8,11 +8,15 @@ standard ``ProcessPoolExecutor`` gets a shipment with clear pickling errors, and
 an executor offload does not know a call that runs in this process or, pickled,
 in another. A ``ThreadPoolExecutor`` gets the call through ``submit`` (the
 generic path).
+
+A call made through a registered name also carries the name's monitor, which
+counts and times it and, if the name is bounded, admits it to the executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import copy_context
@@ -20,6 +24,7 @@ from typing import Any
 
 from ._dask import DaskExecutor
 from ._delivery import (
+    Call,
     Held,
     _deliveries,
     abandon_call,
@@ -28,19 +33,23 @@ from ._delivery import (
     run_held,
 )
 from ._foreign import to_other_executor, to_process_pool_executor
+from ._monitor import SAMPLE_EVERY, Monitor, abandon_monitored, run_monitored
 from ._pool import ThreadPool
 from ._process import ProcessPool
 
 #: Executors that take an offloaded call through their own ``_offload``.
 _ENGINES = (ProcessPool, DaskExecutor)
 
+_now = time.perf_counter
 
-def dispatch(
+
+def dispatch(  # noqa: PLR0917 - the hot path, where positional arguments are cheapest
     loop: asyncio.AbstractEventLoop,
     executor: Executor,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    monitor: Monitor | None = None,
 ) -> asyncio.Future[Any]:
     """Run ``fn(*args, **kwargs)`` on ``executor``; return a Future on ``loop``.
 
@@ -50,23 +59,55 @@ def dispatch(
     """
     future = loop.create_future()
     delivery = _deliveries.get(id(loop)) or delivery_for(loop)
-    call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
-    if isinstance(executor, ThreadPool):
-        executor._put(call)
-    elif not isinstance(executor, ThreadPoolExecutor):
-        return _elsewhere(loop, executor, call)
+    if monitor is None:
+        call: Call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
+    elif not isinstance(executor, (ThreadPool, ThreadPoolExecutor)):
+        call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
+        return monitor.elsewhere(loop, executor, call, elsewhere)
+    elif monitor.limit is None:
+        # One call in SAMPLE_EVERY is timed: the clock is most of what
+        # statistics cost, and the percentiles need only a sample.
+        queued_at = 0.0 if next(monitor.submitted) % SAMPLE_EVERY else _now()
+        call = (
+            run_monitored, abandon_monitored, future, delivery, copy_context(),
+            fn, args, kwargs, monitor, queued_at, False,
+        )  # fmt: skip
     else:
-        # The call delivers its own outcome; the holder cancels the Future if
-        # the pool drops the job unrun (shutdown(cancel_futures=True)).
-        executor.submit(run_held, Held(call))
+        call = (
+            run_monitored, abandon_monitored, future, delivery, copy_context(),
+            fn, args, kwargs, monitor, _now(), True,
+        )  # fmt: skip
+        if not monitor.admit(executor, call, submit):
+            return future  # it waits for a slot
+    try:
+        if isinstance(executor, ThreadPool):
+            executor._put(call)
+        elif not isinstance(executor, ThreadPoolExecutor):
+            return elsewhere(loop, executor, call)
+        else:
+            # The call delivers its own outcome; the holder cancels the Future if
+            # the pool drops the job unrun (shutdown(cancel_futures=True)).
+            executor.submit(run_held, Held(call))
+    except BaseException:
+        if monitor is not None:  # the pool refused it (shut down): it ends as failed
+            monitor.refused(holds=call[10])
+        raise
     return future
 
 
-def _elsewhere(
-    loop: asyncio.AbstractEventLoop, executor: Executor, call: tuple[Any, ...]
+def submit(executor: Executor, call: Call) -> None:
+    """Hand a call that runs on a thread of this process to its pool."""
+    if isinstance(executor, ThreadPool):
+        executor._put(call)
+    else:
+        executor.submit(run_held, Held(call))
+
+
+def elsewhere(
+    loop: asyncio.AbstractEventLoop, executor: Executor, call: Call
 ) -> asyncio.Future[Any]:
     """A call for an executor that may run it in another process."""
-    fn, args, kwargs = call[5:]
+    fn, args, kwargs = call[5:8]
     if isinstance(executor, _ENGINES):
         return executor._offload(loop, fn, args, kwargs)
     if isinstance(executor, ProcessPoolExecutor):

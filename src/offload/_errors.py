@@ -101,6 +101,41 @@ class NotPicklableError(pickle.PicklingError):
     """
 
 
+class OverloadedError(RuntimeError):
+    """A name with ``max_pending`` and ``when_full="fail"`` is full: the call was refused.
+
+    Raised synchronously by the call, before anything is queued, so a flood
+    costs no memory. ``name`` and ``max_pending`` say which bound was hit.
+
+    Example:
+        >>> import asyncio, threading, offload
+        >>> registry = offload.Registry()
+        >>> registry.register("db", offload.ThreadPool(1), max_pending=1, when_full="fail")
+        >>> gate = threading.Event()
+        >>> wait = registry.offload("db")(gate.wait)
+        >>> async def main():
+        ...     first = wait()
+        ...     try:
+        ...         wait()
+        ...     except offload.OverloadedError as exc:
+        ...         print(exc.name, exc.max_pending)
+        ...     gate.set()
+        ...     await first
+        >>> asyncio.run(main())
+        db 1
+        >>> registry.shutdown()
+    """
+
+    def __init__(self, name: str, max_pending: int) -> None:
+        super().__init__(
+            f"the executor {name!r} already has max_pending={max_pending} calls queued or "
+            "running, so this call was refused (when_full='fail'); retry later, shed the "
+            "load, or register the name with when_full='wait' to queue calls instead"
+        )
+        self.name = name
+        self.max_pending = max_pending
+
+
 def describe_exit(exitcode: int | None) -> str:
     """``exitcode`` in words: "exit code 3", "killed by SIGKILL" or "".
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ._decorator import ExecutorSpec
 from ._dispatch import dispatch
-from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, check_spec, resolve, running_loop
+from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, check_spec, route, running_loop
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -135,7 +135,9 @@ class Facade(Generic[S], metaclass=_FacadeType):
 
     def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run ``fn(*args, **kwargs)`` on this facade's executor."""
-        return dispatch(running_loop(fn), resolve(self._executor), fn, args, kwargs)
+        loop = running_loop(fn)
+        executor, monitor = route(self._executor)
+        return dispatch(loop, executor, fn, args, kwargs, monitor)
 
 
 def _check_declaration(
@@ -213,9 +215,9 @@ def _method(
 
         def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
             loop = running_loop(method)
-            return dispatch(
-                loop, resolve(self._executor), _call_wrapped, (self, name, args, kwargs, target), {}
-            )
+            executor, monitor = route(self._executor)
+            call_args = (self, name, args, kwargs, target)
+            return dispatch(loop, executor, _call_wrapped, call_args, {}, monitor)
 
     else:
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any
 
-from ._delivery import _CANCELLED, Delivery, _settable, delivery_for, run_call
+from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
 from ._errors import NotPicklableError, WorkerDiedError, describe_exit, name_of
 from ._pickling import (
     Packed,
@@ -154,7 +154,8 @@ class Portable:
         self.executor = executor
 
     def __call__(self) -> None:
-        run_call(self._take())
+        call = self._take()
+        call[0](call)
 
     def _take(self) -> tuple[Any, ...]:
         call, self.call = self.call, None
@@ -165,7 +166,7 @@ class Portable:
     def __reduce__(self) -> tuple[type[RemoteJob], tuple[Any, ...]]:
         if self.call is None:
             raise RuntimeError("an offloaded call runs once")
-        fn, args, kwargs = self.call[5:]
+        fn, args, kwargs = self.call[5:8]
         return RemoteJob, (ship_target(fn), args, kwargs)
 
     def relay(self, pool_future: ConcurrentFuture[Any]) -> None:

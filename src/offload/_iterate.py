@@ -32,6 +32,7 @@ from ._api import default_registry
 from ._decorator import ExecutorSpec
 from ._dispatch import dispatch
 from ._errors import ExecutorShutdownError, no_running_loop
+from ._monitor import Monitor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -53,8 +54,20 @@ def check_spec(spec: object) -> ExecutorSpec:
 
 
 def resolve(spec: ExecutorSpec) -> Executor:
-    """The executor a name or Executor stands for, looked up now (at call time)."""
+    """The executor a name or Executor stands for, looked up now.
+
+    An iterator's producer is one long job, paused and resumed by backpressure,
+    so it is not counted as calls and takes no ``max_pending`` slot.
+    """
     return spec if isinstance(spec, Executor) else default_registry.get_executor(spec)
+
+
+def route(spec: ExecutorSpec) -> tuple[Executor, Monitor | None]:
+    """The executor a name or Executor stands for, and the name's monitor.
+
+    Looked up now, at call time.
+    """
+    return (spec, None) if isinstance(spec, Executor) else default_registry._route(spec)
 
 
 def running_loop(what: object) -> asyncio.AbstractEventLoop:
@@ -364,7 +377,9 @@ class _AsyncContext(AbstractAsyncContextManager[T]):
         self._abandoned = False
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        return dispatch(running_loop(fn), resolve(self._spec), fn, args, {})
+        loop = running_loop(fn)
+        executor, monitor = route(self._spec)
+        return dispatch(loop, executor, fn, args, {}, monitor)
 
     def _enter(self) -> Any:
         value = self._manager.__enter__()

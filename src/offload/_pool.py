@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, ParamSpec, TypeVar
 
+from ._delivery import fail_call
 from ._errors import ExecutorShutdownError
 
 P = ParamSpec("P")
@@ -81,6 +82,7 @@ class ThreadPool(Executor):
         self._name = name or f"offload-pool{next(_pool_numbers)}"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._current: list[Job | None] = []  # each worker's running job
         self._unstarted = max_workers
         self._idle = 0
         self._lock = threading.Lock()
@@ -118,15 +120,17 @@ class ThreadPool(Executor):
         return future
 
     def _start_worker(self) -> None:
+        index = len(self._threads)
         thread = threading.Thread(
-            target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+            target=self._work, args=(index,), name=f"{self._name}_{index}", daemon=True
         )
+        self._current.append(None)
         self._threads.append(thread)
         self._unstarted -= 1
         thread.start()
 
-    def _work(self) -> None:
-        get, lock = self._queue.get, self._lock
+    def _work(self, index: int) -> None:
+        get, lock, current = self._queue.get, self._lock, self._current
         while True:
             try:
                 job = get(block=False)
@@ -139,8 +143,9 @@ class ThreadPool(Executor):
             if job is None:
                 self._queue.put(None)  # pass the stop signal on to the next worker
                 return
+            current[index] = job
             job[0](job)
-            del job
+            current[index] = job = None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking calls; optionally drop the queued ones; optionally wait.
@@ -165,6 +170,32 @@ class ThreadPool(Executor):
                 return
             if job is not None:
                 job[1](job)
+
+    def _give_up(self, error: Callable[[], BaseException]) -> None:
+        """After a shutdown that timed out: fail every call still queued or running.
+
+        Offloaded calls fail with ``error()``; a thread cannot be stopped, so a
+        running one runs on and its outcome is dropped. Jobs from ``submit``
+        that have not started are cancelled.
+        """
+        queued: list[Job] = []
+        with self._lock:
+            while True:
+                try:
+                    job = self._queue.get(block=False)
+                except queue.Empty:
+                    break
+                if job is not None:
+                    queued.append(job)
+            self._queue.put(None)  # the stop signal, taken out with the rest
+        for job in queued:
+            if job[0] is _run_submitted:
+                job[1](job)
+            else:
+                fail_call(job, error(), started=False)
+        for running in list(self._current):
+            if running is not None and running[0] is not _run_submitted:
+                fail_call(running, error(), started=True)
 
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for the threads of a shut-down pool; true if all have ended."""

@@ -343,6 +343,20 @@ class ProcessPool(Executor):
         if wait:
             self._join()
 
+    def _stop_now(self) -> None:
+        """At interpreter exit: cancel queued calls, terminate running ones, wait.
+
+        Nobody is left to await their Futures, and a call that never returns
+        must not keep the interpreter from exiting.
+        """
+        self.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for worker in self._workers:
+                if worker.job is not None:
+                    worker.job.abandoned = True
+            self._wake()
+        self._join()
+
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for a shut-down pool's workers to exit; true if they all have."""
         manager = self._manager
@@ -386,11 +400,14 @@ class ProcessPool(Executor):
     def _handle(self, ready: set[Any]) -> None:
         wake_r = self._wake_r
         if wake_r in ready:
-            with self._lock:
-                self._woken = False
+            # Drain, then clear the flag: cleared first, a wake-up sent in
+            # between would be drained with the flag left set, and every later
+            # wake-up skipped.
             with contextlib.suppress(BlockingIOError):
                 while wake_r.recv(4096):  # type: ignore[union-attr]
                     pass
+            with self._lock:
+                self._woken = False
         for worker in self._workers:
             if worker.conn in ready:
                 self._receive(worker)
@@ -553,12 +570,12 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 def _stop_pool(ref: weakref.ref[ProcessPool]) -> None:
     pool = ref()
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool._stop_now()
 
 
 def _shutdown_all() -> None:
     for pool in list(_pools):
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool._stop_now()
 
 
 # Workers are not daemons (so a call may start processes of its own), so they

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from ._decorator import ExecutorSpec, Offloader, decorate
 from ._dispatch import sends_by_pickle
 from ._errors import ExecutorShutdownError, UnknownExecutorError
 from ._foreign import broken_hooks
+from ._monitor import ExecutorStats, Monitor, WhenFull, check_bounds
 from ._pool import ThreadPool, default_thread_count
 from ._process import START_METHOD_VARIABLE, ProcessPool
 
@@ -83,7 +85,7 @@ def _sends_by_pickle(executor_or_factory: object) -> bool:
 class _Entry:
     """One name: its executor (made lazily from its factory) and its state."""
 
-    __slots__ = ("closed", "executor", "factory", "is_default", "lock", "name")
+    __slots__ = ("closed", "executor", "factory", "is_default", "lock", "monitor", "name")
 
     def __init__(
         self,
@@ -98,6 +100,7 @@ class _Entry:
         self.is_default = is_default
         self.closed = False
         self.lock = threading.Lock()
+        self.monitor = Monitor(name)  # the registry swaps in the name's own
 
     def create(self) -> Executor:
         with self.lock:  # first calls may race: the factory runs exactly once
@@ -113,7 +116,7 @@ class _Entry:
                         f"the factory registered as {self.name!r} returned {executor!r}, "
                         "not a concurrent.futures.Executor"
                     )
-                self.executor = executor
+                self.executor = self.monitor.executor = executor
             return cast("Executor", self.executor)
 
     def drop_broken(self, executor: Executor) -> bool:
@@ -139,6 +142,8 @@ def _reset_after_fork() -> None:
         registry._lock = threading.RLock()
         for entry in registry._entries.values():
             entry.after_fork()
+        for monitor in registry._monitors.values():
+            monitor.after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -186,6 +191,7 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
+        self._monitors: dict[str, Monitor] = {}
         self.register("default", _builtin_pool("default", default_thread_count), default=True)
         self.register("io", _builtin_pool("io", lambda: IO_THREADS), default=True)
         self.register("cpu", _cpu_pool, default=True)
@@ -211,6 +217,9 @@ class Registry:
         *,
         replace: bool = False,
         default: bool = False,
+        max_pending: int | None = None,
+        when_full: WhenFull = "wait",
+        warn_after: float | None = 1.0,
     ) -> None:
         """Make ``name`` resolve to an executor.
 
@@ -228,10 +237,19 @@ class Registry:
             default: Register a library default: it is used only while no
                 application registers ``name``, and registering it again, or
                 over an existing name, does nothing.
+            max_pending: Bound the calls queued or running on the executor
+                through this name; ``None`` means no bound. Calls past the
+                bound follow ``when_full``.
+            when_full: ``"wait"``: the call's Future waits its turn, first
+                come first served, without blocking the loop. ``"fail"``: the
+                call raises [`OverloadedError`][offload.OverloadedError] at once.
+            warn_after: Log a warning (logger ``"offload"``) when a call waits
+                longer than this many seconds for a worker, at most once every
+                10 s per name; ``None`` turns it off.
 
         Raises:
             ValueError: ``name`` is taken and neither ``replace`` nor
-                ``default`` was given.
+                ``default`` was given; or an option is out of range.
             TypeError: ``name`` is not a non-empty string, or
                 ``executor_or_factory`` is neither an Executor nor callable.
 
@@ -240,11 +258,12 @@ class Registry:
             >>> from concurrent.futures import ThreadPoolExecutor
             >>> registry = offload.Registry()
             >>> registry.register("db", ThreadPoolExecutor(2))
-            >>> registry.register("db", offload.ThreadPool(8), replace=True)
+            >>> registry.register("db", offload.ThreadPool(8), replace=True, max_pending=1000)
             >>> registry.shutdown()
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"an executor name must be a non-empty str, got {name!r}")
+        check_bounds(max_pending, when_full, warn_after)
         if isinstance(executor_or_factory, Executor):
             entry = _Entry(name, executor_or_factory, None, default)
         elif callable(executor_or_factory):
@@ -264,6 +283,10 @@ class Registry:
                         f"an executor is already registered as {name!r}; "
                         "pass replace=True to replace it"
                     )
+            # A name keeps its counters (and its waiting calls) across replacements.
+            monitor = entry.monitor = self._monitors.setdefault(name, entry.monitor)
+            monitor.executor = entry.executor
+            monitor.configure(max_pending, when_full, warn_after)
             self._entries[name] = entry
         if old is not None and old.factory is not None and old.executor is not None:
             old.executor.shutdown(wait=False)
@@ -293,6 +316,39 @@ class Registry:
             raise UnknownExecutorError(name, self.names()) from None
         executor = entry.executor
         return executor if executor is not None else entry.create()
+
+    def _route(self, name: str) -> tuple[Executor, Monitor]:
+        """The executor for a call through ``name``, and the monitor that counts it."""
+        try:
+            entry = self._entries[name]
+        except KeyError:
+            raise UnknownExecutorError(name, self.names()) from None
+        executor = entry.executor
+        return (executor if executor is not None else entry.create()), entry.monitor
+
+    def stats(self) -> dict[str, ExecutorStats]:
+        """Each name's counters and timings, as plain data (JSON-ready).
+
+        See [`ExecutorStats`][offload.ExecutorStats] for what each field means.
+        Only calls made through a name are counted; a call to an ``Executor``
+        passed directly is not.
+
+        Example:
+            >>> import asyncio, json, offload
+            >>> registry = offload.Registry()
+            >>> async def main():
+            ...     await registry.offload("io")(abs)(-1)
+            >>> asyncio.run(main())
+            >>> io = registry.stats()["io"]
+            >>> wait = io["wait"]
+            >>> io["submitted"], io["completed"], wait["samples"]
+            (1, 1, 1)
+            >>> _ = json.dumps(registry.stats())
+            >>> registry.shutdown()
+        """
+        with self._lock:
+            monitors = list(self._monitors.values())
+        return {monitor.name: monitor.snapshot() for monitor in sorted(monitors, key=_by_name)}
 
     def shutdown(
         self, wait: bool = True, cancel_futures: bool = False, timeout: float | None = None
@@ -324,19 +380,26 @@ class Registry:
                     if entry.executor is not None:
                         executors[name] = entry.executor
                     entry.executor = None
+            monitors = list(self._monitors.values())
+        for monitor in monitors:  # calls waiting for a slot will never get one
+            monitor.fail_waiting(functools.partial(_shut_down, monitor.name))
         for executor in executors.values():
             _stop(executor, cancel_futures)
         if not wait:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        stuck = [
-            f"{name!r} ({executor!r})"
+        stuck = {
+            name: executor
             for name, executor in executors.items()
             if not _wait_for(executor, deadline)
-        ]
+        }
         if stuck:
+            for name, executor in stuck.items():
+                if isinstance(executor, ThreadPool):
+                    executor._give_up(functools.partial(_gave_up, name, timeout))
+            listing = ", ".join(f"{name!r} ({executor!r})" for name, executor in stuck.items())
             warnings.warn(
-                f"offload shutdown gave up after {timeout}s; still running: {', '.join(stuck)}",
+                f"offload shutdown gave up after {timeout}s; still running: {listing}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -395,6 +458,24 @@ class Registry:
             >>> registry.shutdown()
         """
         return decorate(self, fn, executor, timeout)
+
+
+def _by_name(monitor: Monitor) -> str:
+    return monitor.name
+
+
+def _shut_down(name: str) -> ExecutorShutdownError:
+    return ExecutorShutdownError(
+        f"the executor {name!r} was shut down while this call waited for a max_pending slot"
+    )
+
+
+def _gave_up(name: str, timeout: float | None) -> ExecutorShutdownError:
+    return ExecutorShutdownError(
+        f"shutdown gave up on the executor {name!r} after {timeout}s with this call still "
+        "queued or running; a running thread cannot be stopped and runs on, but its "
+        "outcome is dropped"
+    )
 
 
 def _stop(executor: Executor, cancel_futures: bool) -> None:

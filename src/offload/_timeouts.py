@@ -18,6 +18,7 @@ from typing import Any
 
 from ._delivery import run_call
 from ._errors import name_of
+from ._monitor import Monitor, run_monitored
 from ._pickling import REMOTE_CODES
 from ._pool import ThreadPool
 from ._process import ProcessPool
@@ -40,9 +41,11 @@ def arm(
     timeout: float,
     fn: object,
     executor: Executor,
+    *,
+    monitor: Monitor | None = None,
 ) -> asyncio.Future[Any]:
     """Fail ``future`` with ``TimeoutError`` unless it is done within ``timeout`` seconds."""
-    handle = loop.call_later(timeout, _expire, future, timeout, fn, executor)
+    handle = loop.call_later(timeout, _expire, future, timeout, fn, executor, monitor)
     future.add_done_callback(functools.partial(_disarm, handle))
     return future
 
@@ -51,7 +54,13 @@ def _disarm(handle: asyncio.TimerHandle, _future: object) -> None:
     handle.cancel()
 
 
-def _expire(future: asyncio.Future[Any], timeout: float, fn: object, executor: Executor) -> None:
+def _expire(
+    future: asyncio.Future[Any],
+    timeout: float,
+    fn: object,
+    executor: Executor,
+    monitor: Monitor | None,
+) -> None:
     if future.done():
         return
     if isinstance(executor, ProcessPool):
@@ -65,10 +74,16 @@ def _expire(future: asyncio.Future[Any], timeout: float, fn: object, executor: E
         fate = "its task was cancelled"
     else:
         fate = f"it may run on in {executor!r}, which offload cannot stop; its outcome is dropped"
-    future.set_exception(TimeoutError(f"{name_of(fn)} did not finish within {timeout}s; {fate}"))
+    error = TimeoutError(f"{name_of(fn)} did not finish within {timeout}s; {fate}")
+    error._offload_expired = True  # type: ignore[attr-defined]  # counted here, not as failed
+    future.set_exception(error)
+    if monitor is not None:
+        next(monitor.timed_out)
 
 
-_CALL_CODE = run_call.__code__
+#: The code of the functions that run a call on a worker thread; each has the
+#: call's Future in a local named ``future``.
+_CALL_CODES = (run_call.__code__, run_monitored.__code__)
 
 
 def cancelled() -> bool:
@@ -97,7 +112,7 @@ def cancelled() -> bool:
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if code is _CALL_CODE:
+        if code in _CALL_CODES:
             future: asyncio.Future[Any] = frame.f_locals["future"]
             return future.done()  # done before the call returns: given up
         if code in REMOTE_CODES:

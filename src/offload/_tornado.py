@@ -85,7 +85,8 @@ def run_on_executor(*args: Any, **kwargs: Any) -> Any:
             else:
                 executor = getattr(instance, attribute)
             if isinstance(executor, str):
-                executor = default_registry.get_executor(executor)
+                executor, monitor = default_registry._route(executor)
+                return dispatch(loop, executor, wrapped, args, kwargs, monitor)
             return dispatch(loop, executor, wrapped, args, kwargs)
 
         return _TornadoOffloaded(fn, run_offloaded)
