@@ -1,6 +1,8 @@
 """What offload costs on processes and clusters, against the direct route.
 
-Run it from the repository root (Dask rows need ``pip install -e '.[dask]'``):
+``python -m benchmarks`` runs these rows after its thread table (``--no-processes``
+leaves them out); run them alone from the repository root with (Dask rows need
+``pip install -e '.[dask]'``):
 
     python -m benchmarks.processes [--calls 2000] [--repeats 5]
 
@@ -161,21 +163,36 @@ async def dask_rows(calls: int, repeats: int) -> list[tuple[str, float, float, f
         await cluster.close()
 
 
+Row = tuple[str, float, float, float]
+
+
+def measure_all(calls: int, repeats: int) -> list[Row]:
+    """Every process and cluster row: (label, offload µs, direct µs, ratio)."""
+
+    async def run() -> list[Row]:
+        rows = await process_rows(calls, repeats)
+        return rows + await dask_rows(calls, repeats)
+
+    return asyncio.run(run())
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a plain-text table."""
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'row':<{width}}  {'offload µs':>10}  {'direct µs':>10}  {'ratio':>6}"]
+    lines.extend(
+        f"{label:<{width}}  {mine:>10.1f}  {base:>10.1f}  {ratio:>6.2f}"
+        for label, mine, base, ratio in rows
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-
-    async def run() -> list[tuple[str, float, float, float]]:
-        rows = await process_rows(args.calls, args.repeats)
-        return rows + await dask_rows(args.calls, args.repeats)
-
-    rows = asyncio.run(run())
-    width = max(len(row[0]) for row in rows)
-    print(f"{'row':<{width}}  {'offload µs':>10}  {'direct µs':>10}  {'ratio':>6}")
-    for label, mine, base, ratio in rows:
-        print(f"{label:<{width}}  {mine:>10.1f}  {base:>10.1f}  {ratio:>6.2f}")
+    print(table(measure_all(args.calls, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import processes, report
 from .mechanisms import MECHANISMS, Mechanism
 from .workloads import PROBE, WORKLOADS, Workload, rss_available
 
@@ -160,6 +161,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", help="comma-separated mechanism keys (the reference is always run)"
     )
     parser.add_argument("--workloads", help="comma-separated workload keys")
+    parser.add_argument(
+        "--no-processes", action="store_true", help="skip the process and cluster rows"
+    )
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # MECH:WORKLOAD:CALLS, in a child
     return parser.parse_args(argv)
 
@@ -219,9 +223,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(report.table(mechanisms, workloads, results, meta, notes))
 
+    process_table: list[processes.Row] = []
+    if not args.no_processes:
+        # offload against the direct route on the same process pool or cluster:
+        # a per-call overhead ratio, so fewer calls suffice.
+        calls = 200 if args.quick else 2_000
+        print("\nprocesses and clusters: µs per call; ratio = offload / direct (below 1 is faster)")
+        process_table = processes.measure_all(calls, settings["repeats"])
+        print(processes.table(process_table))
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or RESULTS_DIR / f"{stamp}.json"
     report.write_json(json_path, meta, mechanisms, workloads, results, notes)
+    if process_table:
+        document = json.loads(json_path.read_text())
+        document["processes"] = [
+            {"row": label, "offload_us": mine, "direct_us": base, "ratio": ratio}
+            for label, mine, base, ratio in process_table
+        ]
+        json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     print(f"\nJSON:  {json_path}")
     if not args.no_chart:
         chart_path = args.chart or json_path.with_suffix(".png")
