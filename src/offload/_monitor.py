@@ -37,7 +37,7 @@ WINDOW = 1024
 
 #: Calls of an unbounded name are timed one in this many (every call of a
 #: bounded name is timed): percentiles need only a sample, and reading the
-#: clock is most of what statistics cost.
+#: clock is most of what statistics cost. A power of two.
 SAMPLE_EVERY = 8
 
 #: A name logs its slow-queue warning at most once in this many seconds.
