@@ -82,7 +82,8 @@ class _UncountedRegistry(offload.Registry):
     row and this one is what statistics cost."""
 
     def _route(self, name: str) -> Any:
-        return self.get_executor(name), None
+        executor, _monitor = super()._route(name)
+        return executor, None
 
 
 def _offload_unmonitored(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:

@@ -66,9 +66,8 @@ class OffloadedFunction(wrapt.FunctionWrapper[..., Any]):
         return f"<offloaded {self.__wrapped__!r}>"
 
 
-def _check_spec(spec: object) -> ExecutorSpec:
-    if spec is None:
-        return "default"
+def check_spec(spec: object) -> ExecutorSpec:
+    """``spec`` if it names an executor or is one; else a TypeError."""
     if isinstance(spec, Executor) or (isinstance(spec, str) and spec):
         return spec
     raise TypeError(
@@ -160,6 +159,7 @@ def decorate(registry: Registry, target: Any, executor: Any, timeout: Any = None
     if target is None or isinstance(target, (str, Executor)):
         if target is not None and executor is not None:
             raise TypeError("give the executor once: offload('io') or offload(executor='io')")
-        spec = _check_spec(target if target is not None else executor)
+        chosen = target if target is not None else executor
+        spec = "default" if chosen is None else check_spec(chosen)
         return lambda fn: wrap(registry, fn, spec, seconds)
-    return wrap(registry, target, _check_spec(executor), seconds)
+    return wrap(registry, target, "default" if executor is None else check_spec(executor), seconds)

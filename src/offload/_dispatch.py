@@ -24,6 +24,7 @@ from typing import Any
 
 from ._dask import DaskExecutor
 from ._delivery import (
+    HOLDS,
     Call,
     Held,
     _deliveries,
@@ -45,7 +46,7 @@ _now = time.perf_counter
 SAMPLE_MASK = SAMPLE_EVERY - 1  # SAMPLE_EVERY is a power of two
 
 
-def dispatch(  # noqa: C901, PLR0917 - the hot path: flat, and positional arguments are cheapest
+def dispatch(  # noqa: PLR0917 - the hot path: flat, and positional arguments are cheapest
     loop: asyncio.AbstractEventLoop,
     executor: Executor,
     fn: Callable[..., Any],
@@ -81,18 +82,14 @@ def dispatch(  # noqa: C901, PLR0917 - the hot path: flat, and positional argume
     elif not isinstance(executor, (ThreadPool, ThreadPoolExecutor)):
         call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
         return monitor.elsewhere(loop, executor, call, elsewhere)
-    elif monitor.limit is None:
-        queued_at = 0.0 if next(monitor.submitted) & SAMPLE_MASK else _now()
+    else:  # a named call on a stdlib thread pool, or a bounded name (timed every call)
+        bounded = monitor.limit is not None
+        queued_at = 0.0 if not bounded and next(monitor.submitted) & SAMPLE_MASK else _now()
         call = (
             run_monitored, abandon_monitored, future, delivery, copy_context(),
-            fn, args, kwargs, monitor, queued_at, False,
+            fn, args, kwargs, monitor, queued_at, bounded,
         )  # fmt: skip
-    else:
-        call = (
-            run_monitored, abandon_monitored, future, delivery, copy_context(),
-            fn, args, kwargs, monitor, _now(), True,
-        )  # fmt: skip
-        if not monitor.admit(executor, call, submit):
+        if bounded and not monitor.admit(executor, call, submit):
             return future  # it waits for a slot
     try:
         if isinstance(executor, ThreadPool):
@@ -105,7 +102,7 @@ def dispatch(  # noqa: C901, PLR0917 - the hot path: flat, and positional argume
             executor.submit(run_held, Held(call))
     except BaseException:
         if monitor is not None:  # the pool refused it (shut down): it ends as failed
-            monitor.refused(holds=call[10])
+            monitor.refused(holds=call[HOLDS])
         raise
     return future
 

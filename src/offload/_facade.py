@@ -25,9 +25,9 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from ._decorator import ExecutorSpec
+from ._decorator import ExecutorSpec, check_spec
 from ._dispatch import dispatch
-from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, check_spec, route, running_loop
+from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, route, running_loop
 
 S = TypeVar("S")
 T = TypeVar("T")

@@ -29,7 +29,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._affinity import AffineThread
 from ._api import default_registry
-from ._decorator import ExecutorSpec
+from ._decorator import ExecutorSpec, check_spec
 from ._dispatch import dispatch
 from ._errors import ExecutorShutdownError, no_running_loop
 from ._monitor import Monitor
@@ -41,16 +41,6 @@ T = TypeVar("T")
 PREFETCH = 16
 
 _ITEM, _END, _ERROR = "item", "end", "error"
-
-
-def check_spec(spec: object) -> ExecutorSpec:
-    """``spec`` if it names an executor or is one; else a TypeError."""
-    if isinstance(spec, Executor) or (isinstance(spec, str) and spec):
-        return spec
-    raise TypeError(
-        "the executor must be a registered name (str) or a concurrent.futures.Executor, "
-        f"got {spec!r}"
-    )
 
 
 def resolve(spec: ExecutorSpec) -> Executor:

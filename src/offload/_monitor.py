@@ -158,6 +158,9 @@ def _workers(executor: Executor | None) -> int | None:
     return None
 
 
+#: How a call that runs elsewhere is sent: ``start(loop, executor, call)`` -> its Future.
+Start = Callable[[asyncio.AbstractEventLoop, Executor, Call], "asyncio.Future[Any]"]
+
 #: A call waiting for a slot: the executor it goes to and how to hand it over.
 Waiter = tuple[Executor, Call, Callable[[Executor, Call], None]]
 
@@ -315,7 +318,7 @@ class Monitor:
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
         call: Call,
-        start: Callable[[asyncio.AbstractEventLoop, Executor, Call], asyncio.Future[Any]],
+        start: Start,
     ) -> asyncio.Future[Any]:
         """Send a call to an executor that may run it in another process, counting it."""
         if not self.admit(executor, call, functools.partial(self._start_later, start)):
@@ -341,14 +344,12 @@ class Monitor:
 
     def refused(self, *, holds: bool) -> None:
         """The executor refused an admitted call (it raised): the call ends as failed."""
-        next(self.dropped)
         next(self.failed)
-        if holds:
-            self.release()
+        self.left_unstarted(holds=holds)
 
     def _start_later(
         self,
-        start: Callable[[asyncio.AbstractEventLoop, Executor, Call], asyncio.Future[Any]],
+        start: Start,
         executor: Executor,
         call: Call,
     ) -> None:
@@ -362,7 +363,7 @@ class Monitor:
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
         call: Call,
-        start: Callable[[asyncio.AbstractEventLoop, Executor, Call], asyncio.Future[Any]],
+        start: Start,
     ) -> None:
         outer: asyncio.Future[Any] = call[2]
         if outer.done():  # given up while the hand-over was on its way
@@ -385,7 +386,7 @@ class Monitor:
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
         call: Call,
-        start: Callable[[asyncio.AbstractEventLoop, Executor, Call], asyncio.Future[Any]],
+        start: Start,
     ) -> asyncio.Future[Any]:
         began = _now()
         future = start(loop, executor, call)

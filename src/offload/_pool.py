@@ -162,14 +162,20 @@ class ThreadPool(Executor):
         if wait:
             self._join()
 
-    def _abandon_queued(self) -> None:
+    def _take_queued(self) -> list[Job]:
+        """Empty the queue (with the lock held): the jobs in it, stop signals left out."""
+        jobs: list[Job] = []
         while True:
             try:
                 job = self._queue.get(block=False)
             except queue.Empty:
-                return
+                return jobs
             if job is not None:
-                job[1](job)
+                jobs.append(job)
+
+    def _abandon_queued(self) -> None:
+        for job in self._take_queued():
+            job[1](job)
 
     def _give_up(self, error: Callable[[], BaseException]) -> None:
         """After a shutdown that timed out: fail every call still queued or running.
@@ -178,15 +184,8 @@ class ThreadPool(Executor):
         running one runs on and its outcome is dropped. Jobs from ``submit``
         that have not started are cancelled.
         """
-        queued: list[Job] = []
         with self._lock:
-            while True:
-                try:
-                    job = self._queue.get(block=False)
-                except queue.Empty:
-                    break
-                if job is not None:
-                    queued.append(job)
+            queued = self._take_queued()
             self._queue.put(None)  # the stop signal, taken out with the rest
         for job in queued:
             if job[0] is _run_submitted:

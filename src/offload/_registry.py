@@ -310,12 +310,7 @@ class Registry:
             >>> offload.Registry().get_executor("io").max_workers
             64
         """
-        try:
-            entry = self._entries[name]
-        except KeyError:
-            raise UnknownExecutorError(name, self.names()) from None
-        executor = entry.executor
-        return executor if executor is not None else entry.create()
+        return self._route(name)[0]
 
     def _route(self, name: str) -> tuple[Executor, Monitor]:
         """The executor for a call through ``name``, and the monitor that counts it."""
