@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import processes, report
+from . import processes, report, stats_cost
 from .mechanisms import MECHANISMS, Mechanism
 from .workloads import PROBE, WORKLOADS, Workload, rss_available
 
@@ -164,6 +164,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-processes", action="store_true", help="skip the process and cluster rows"
     )
+    parser.add_argument(
+        "--stats-cost",
+        action="store_true",
+        help="measure only what statistics cost, in many short paired samples",
+    )
+    parser.add_argument(
+        "--pairs", type=int, help="paired samples per workload for --stats-cost (full: 100)"
+    )
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # MECH:WORKLOAD:CALLS, in a child
     return parser.parse_args(argv)
 
@@ -176,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in settings:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    if args.stats_cost:
+        return _stats_cost(args, settings)
     mechanisms = _pick(args.only, MECHANISMS, "mechanism")
     if not any(m.reference for m in mechanisms):
         mechanisms.insert(0, next(m for m in MECHANISMS if m.reference))
@@ -248,3 +258,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = report.draw_chart(chart_path, mechanisms, workloads, results, meta)
         print(f"chart: {problem or chart_path}")
     return 1 if failed else 0
+
+
+def _stats_cost(args: argparse.Namespace, settings: dict[str, int]) -> int:
+    pairs = args.pairs or (10 if args.quick else 100)
+    if pairs < 2:
+        raise SystemExit("--pairs must be at least 2")
+    meter = CpuMeter()
+    began = time.perf_counter()
+    found = stats_cost.measure_pairs(
+        pairs, settings["calls"], measure, lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    wall = time.perf_counter() - began
+    meta = report.metadata(
+        {**settings, "pairs": pairs}, args.quick, wall, meter.foreign_share(wall)
+    )
+    print()
+    print(stats_cost.table(found))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path = args.json or RESULTS_DIR / f"stats-cost-{stamp}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"meta": meta, "stats_cost": found}, indent=2) + "\n")
+    print(f"\nJSON:  {json_path}")
+    return 0

@@ -37,7 +37,7 @@ async def test_a_flood_through_the_pool_resolves_every_future_once() -> None:
 
 
 def test_outcomes_for_a_closed_loop_are_dropped() -> None:
-    """A worker finishing after its loop closed neither raises nor keeps the outcome."""
+    """Workers finishing after their loop closed neither raise nor keep the outcomes."""
     started, release, pushed = threading.Event(), threading.Event(), threading.Event()
     pool = offload.ThreadPool(1, name="late")
 
@@ -50,14 +50,16 @@ def test_outcomes_for_a_closed_loop_are_dropped() -> None:
 
     async def start() -> None:
         holder["delivery"] = _delivery.delivery_for(asyncio.get_running_loop())
-        offload.offload(body, executor=pool)()
+        late = offload.offload(body, executor=pool)
+        late()
+        late()  # queued behind the first: it finishes after the first was dropped
         await asyncio.to_thread(started.wait, WAIT)
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(start())
     loop.close()
     release.set()
-    pool.submit(pushed.set)  # one worker: this runs after the late call has pushed
+    pool.submit(pushed.set)  # one worker: this runs after both late calls have pushed
     assert pushed.wait(WAIT)
     pool.shutdown()
     assert not holder["delivery"]._pending  # type: ignore[attr-defined]

@@ -7,6 +7,8 @@ import json
 import logging
 import threading
 import typing
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
 import tornado.testing
@@ -28,8 +30,17 @@ def test_stats_has_every_name_with_the_documented_fields(registry: offload.Regis
     assert json.loads(json.dumps(stats)) == stats  # plain data
 
 
-def test_each_call_is_counted_once_by_its_fate(registry: offload.Registry) -> None:
-    registry.register("w", offload.ThreadPool(2))
+#: offload's pool reports which calls run; any other pool is counted at each start and end.
+POOLS = pytest.mark.parametrize(
+    "make_pool", [offload.ThreadPool, ThreadPoolExecutor], ids=["offload-pool", "stdlib-pool"]
+)
+
+
+@POOLS
+def test_each_call_is_counted_once_by_its_fate(
+    registry: offload.Registry, make_pool: Callable[[int], Executor]
+) -> None:
+    registry.register("w", make_pool(2))
     gate = threading.Event()
 
     @registry.offload("w")
@@ -67,8 +78,11 @@ def test_each_call_is_counted_once_by_its_fate(registry: offload.Registry) -> No
     assert (stats["running"], stats["queued"]) == (0, 0)
 
 
-def test_queued_running_and_waiting_say_where_the_calls_are(registry: offload.Registry) -> None:
-    pool = offload.ThreadPool(1)
+@POOLS
+def test_queued_running_and_waiting_say_where_the_calls_are(
+    registry: offload.Registry, make_pool: Callable[[int], Executor]
+) -> None:
+    pool = make_pool(1)
     registry.register("one", pool, max_pending=3)
     started, release = threading.Event(), threading.Event()
     blocker = registry.offload("one")(hold(started, release))
@@ -94,6 +108,30 @@ def test_queued_running_and_waiting_say_where_the_calls_are(registry: offload.Re
     assert wait["p50"] is not None
     assert wait["max"] is not None
     assert 0 <= wait["p50"] <= wait["max"]
+
+
+@POOLS
+def test_a_call_cancelled_as_it_runs_is_counted_after_its_loop_closed(
+    registry: offload.Registry, make_pool: Callable[[int], Executor]
+) -> None:
+    registry.register("late", make_pool(1))
+    started, release = threading.Event(), threading.Event()
+    blocker = registry.offload("late")(hold(started, release))
+
+    async def start() -> None:
+        call = blocker()
+        assert await asyncio.to_thread(started.wait, WAIT)
+        assert registry.stats()["late"]["running"] == 1
+        call.cancel()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start())
+    loop.close()
+    release.set()
+    registry.shutdown(wait=True)  # the worker has finished, and reported to the closed loop
+    stats = registry.stats()["late"]
+    counts = (stats["submitted"], stats["cancelled"], stats["running"], stats["queued"])
+    assert counts == (1, 1, 0, 0)
 
 
 def test_an_unbounded_name_times_a_sample_of_its_calls(registry: offload.Registry) -> None:

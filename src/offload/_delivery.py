@@ -51,8 +51,17 @@ class Delivery:
                 return
         except RuntimeError:  # the loop is closed
             pass
-        # The loop is closed or gone: nobody can await these futures.
-        self._pending.clear()
+        # The loop is closed or gone: nobody can await these futures. Drop
+        # them, and every later one as it comes (the flag is cleared first, as
+        # in _drain); a call given up by cancelling it is still counted.
+        self._scheduled = False
+        while True:
+            try:  # another worker may be emptying the queue too
+                future, _, _, monitor = self._pending.popleft()
+            except IndexError:
+                return
+            if monitor is not None and future.cancelled():
+                next(monitor.cancelled)
 
     def _drain(self) -> None:  # noqa: C901 - one flat loop: it runs once per burst
         self._scheduled = False

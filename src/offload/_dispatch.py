@@ -34,7 +34,7 @@ from ._delivery import (
     run_held,
 )
 from ._foreign import to_other_executor, to_process_pool_executor
-from ._monitor import SAMPLE_EVERY, Monitor, abandon_monitored, run_monitored
+from ._monitor import SAMPLE_EVERY, Monitor, abandon_monitored, run_monitored, run_pooled
 from ._pool import ThreadPool
 from ._process import ProcessPool
 
@@ -69,7 +69,7 @@ def dispatch(  # noqa: PLR0917 - the hot path: flat, and positional arguments ar
         # call in SAMPLE_EVERY is timed: the clock is most of what statistics
         # cost, and the percentiles need only a sample.
         call = (
-            run_monitored, abandon_monitored, future, delivery, copy_context(),
+            run_pooled, abandon_monitored, future, delivery, copy_context(),
             fn, args, kwargs, monitor,
             0.0 if next(monitor.submitted) & SAMPLE_MASK else _now(), False,
         )  # fmt: skip
@@ -85,8 +85,9 @@ def dispatch(  # noqa: PLR0917 - the hot path: flat, and positional arguments ar
     else:  # a named call on a stdlib thread pool, or a bounded name (timed every call)
         bounded = monitor.limit is not None
         queued_at = 0.0 if not bounded and next(monitor.submitted) & SAMPLE_MASK else _now()
+        run = run_pooled if isinstance(executor, ThreadPool) else run_monitored
         call = (
-            run_monitored, abandon_monitored, future, delivery, copy_context(),
+            run, abandon_monitored, future, delivery, copy_context(),
             fn, args, kwargs, monitor, queued_at, bounded,
         )  # fmt: skip
         if bounded and not monitor.admit(executor, call, submit):

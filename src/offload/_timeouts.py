@@ -18,7 +18,7 @@ from typing import Any
 
 from ._delivery import run_call
 from ._errors import name_of
-from ._monitor import Monitor, run_monitored
+from ._monitor import Monitor, run_monitored, run_pooled
 from ._pickling import REMOTE_CODES
 from ._pool import ThreadPool
 from ._process import ProcessPool
@@ -83,7 +83,7 @@ def _expire(
 
 #: The code of the functions that run a call on a worker thread; each has the
 #: call's Future in a local named ``future``.
-_CALL_CODES = (run_call.__code__, run_monitored.__code__)
+_CALL_CODES = (run_call.__code__, run_monitored.__code__, run_pooled.__code__)
 
 
 def cancelled() -> bool:
