@@ -161,6 +161,9 @@ def test_a_lambda_or_nested_function_fails_at_decoration(
     executor = executors[spec]
     with pytest.raises(TypeError, match=r"a lambda has none.*Define it at module level"):
         registry.offload(lambda: 1, executor=executor)
+    if isinstance(executor, str):
+        with pytest.raises(TypeError, match=f"cannot run on the process pool named '{executor}': "):
+            registry.offload(lambda: 1, executor=executor)
     with pytest.raises(TypeError, match="defined inside another function"):
 
         @registry.offload(executor)

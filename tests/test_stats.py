@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import threading
 import typing
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import tornado.testing
@@ -16,6 +18,7 @@ import tornado.web
 
 import offload
 from offload._monitor import SAMPLE_EVERY
+from tests import process_targets as targets
 from tests.conftest import WAIT, hold
 
 
@@ -231,6 +234,54 @@ def test_calls_to_a_process_pool_are_counted_and_timed(registry: offload.Registr
     assert (stats["submitted"], stats["completed"], stats["running"]) == (4, 4, 0)
     assert stats["run"]["samples"] == 4
     assert stats["wait"]["samples"] == 0  # offload cannot see another process start a call
+
+
+def test_calls_to_a_stdlib_process_pool_are_counted_by_their_fate(tmp_path: Path) -> None:
+    """Counted as they go (a fast path with no done-callback): each fate once, none left over."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    targets.registry.register("procs", pool, replace=True)
+    started, release = tmp_path / "started", tmp_path / "release"
+    fates = ("submitted", "completed", "failed", "cancelled", "timed_out")
+    before = targets.registry.stats()["procs"]  # the name is shared with other tests
+
+    async def main() -> None:
+        assert await targets.power(3) == 9
+        with pytest.raises(ValueError, match="boom"):
+            await targets.fail("boom")
+        with pytest.raises(offload.NotPicklableError, match="arguments of identity"):
+            await targets.identity(threading.Lock())
+        with pytest.raises(offload.NotPicklableError, match="result of make_lock"):
+            await targets.make_lock()
+        held = targets.hold(started, release)
+        await targets.started(started)
+        stats = targets.registry.stats()["procs"]
+        assert stats["running"] + stats["queued"] == 1
+        given_up = targets.power(4)
+        given_up.cancel()
+        release.write_text("go")
+        assert await asyncio.wait_for(held, WAIT) > 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown(wait=True)
+    stats = targets.registry.stats()["procs"]
+    counted = [stats[fate] - before[fate] for fate in fates]  # type: ignore[literal-required]
+    assert counted == [6, 2, 3, 1, 0]
+    assert (stats["running"], stats["queued"], stats["waiting"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("make_pool", [offload.ProcessPool, ProcessPoolExecutor])
+async def test_a_call_refused_before_it_reaches_a_process_pool_counts_as_failed(
+    registry: offload.Registry, make_pool: Callable[[int], Executor]
+) -> None:
+    square = registry.offload(lambda x: x * x, executor="procs")  # not yet known to be a pool
+    registry.register("procs", make_pool(1))
+    with pytest.raises(TypeError, match="cannot run on"):
+        square(3)
+    stats = registry.stats()["procs"]
+    counts = (stats["submitted"], stats["failed"], stats["queued"], stats["running"])
+    assert counts == (1, 1, 0, 0)
 
 
 class StatsOverHttp(tornado.testing.AsyncHTTPTestCase):

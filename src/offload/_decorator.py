@@ -137,7 +137,7 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
     if isinstance(spec, str):
         if not registry._sends_by_pickle(spec):
             return
-        where = f"the executor {spec!r}, a process pool,"
+        where = f"the process pool named {spec!r}"
     elif sends_by_pickle(spec):
         where = repr(spec)
     else:

@@ -46,7 +46,7 @@ _now = time.perf_counter
 SAMPLE_MASK = SAMPLE_EVERY - 1  # SAMPLE_EVERY is a power of two
 
 
-def dispatch(  # noqa: PLR0917 - the hot path: flat, and positional arguments are cheapest
+def dispatch(  # noqa: C901, PLR0912, PLR0917 - the hot path: flat; positional arguments are cheapest
     loop: asyncio.AbstractEventLoop,
     executor: Executor,
     fn: Callable[..., Any],
@@ -80,6 +80,15 @@ def dispatch(  # noqa: PLR0917 - the hot path: flat, and positional arguments ar
             raise
         return future
     elif not isinstance(executor, (ThreadPool, ThreadPoolExecutor)):
+        if monitor.limit is None and type(executor) is ProcessPoolExecutor:
+            # The pool reports back on a thread of offload's choosing: the
+            # call is counted there and as its outcome reaches the loop.
+            next(monitor.submitted)
+            try:
+                return to_process_pool_executor(loop, executor, fn, args, kwargs, monitor)
+            except BaseException:  # refused before it was sent (a lambda): it ends as failed
+                monitor.refused(holds=False)
+                raise
         call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
         return monitor.elsewhere(loop, executor, call, elsewhere)
     else:  # a named call on a stdlib thread pool, or a bounded name (timed every call)

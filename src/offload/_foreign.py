@@ -1,7 +1,8 @@
 """Executors offload does not own: standard process pools and everything else.
 
-A standard ``ProcessPoolExecutor`` gets a ``Shipment``,
-so pickling fails with clear errors, and a broken pool is reported as
+A standard ``ProcessPoolExecutor`` gets the call as bytes that offload pickled
+(see ``run_shipment``), so pickling fails with clear errors both ways, and a
+broken pool is reported as
 [`WorkerDiedError`][offload.WorkerDiedError] and replaced from its factory.
 
 Any other executor gets a ``Portable``. In the same process it is an
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from concurrent.futures import Future as ConcurrentFuture
@@ -24,15 +26,16 @@ from typing import Any
 from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
 from ._errors import NotPicklableError, WorkerDiedError, describe_exit, name_of
 from ._pickling import (
-    Packed,
     Ref,
     RemoteJob,
-    Shipment,
     local_function_error,
+    pack_call,
     run_shipment,
     ship_target,
     unpack_result,
 )
+
+_now = time.perf_counter
 
 #: Called with a broken executor; the registry installs its replacement hook here.
 broken_hooks: list[Callable[[Executor], bool]] = []
@@ -75,14 +78,21 @@ def _died(executor: ProcessPoolExecutor, name: str, cause: BaseException) -> Wor
     return err
 
 
-def to_process_pool_executor(
+def to_process_pool_executor(  # noqa: PLR0917 - dispatch's positional style
     loop: asyncio.AbstractEventLoop,
     executor: ProcessPoolExecutor,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    monitor: Any = None,
 ) -> asyncio.Future[Any]:
-    """Send a call to a standard ``ProcessPoolExecutor``."""
+    """Send a call to a standard ``ProcessPoolExecutor``.
+
+    With the ``monitor`` of an unbounded name, the call is counted on its way:
+    started as it is handed over, ended and timed as the pool reports back,
+    and its fate by the loop as the outcome arrives. That is no more work for
+    the loop than a call that is not counted.
+    """
     target = ship_target(fn)
     if target is fn:
         error = local_function_error(fn, repr(executor))
@@ -91,41 +101,59 @@ def to_process_pool_executor(
     name = target.qualname if isinstance(target, Ref) else name_of(fn)
     future = loop.create_future()
     try:
-        pool_future = executor.submit(run_shipment, Shipment(target, args, kwargs, name))
-    except BrokenProcessPool as exc:  # it broke while idle
-        future.set_exception(_died(executor, name, exc))
+        data = pack_call(target, args, kwargs, name)
+        pool_future = executor.submit(run_shipment, data, name)
+    except (NotPicklableError, BrokenProcessPool) as exc:  # it broke while idle
+        future.set_exception(
+            _died(executor, name, exc) if isinstance(exc, BrokenProcessPool) else exc
+        )
+        if monitor is not None:
+            monitor.refused(holds=False)
         return future
-    relay = functools.partial(_relay_shipment, future, delivery_for(loop), executor, name)
+    if monitor is not None:
+        next(monitor.started)
+    relay = functools.partial(
+        _relay_shipment, future, delivery_for(loop), executor, name, monitor, _now()
+    )
     pool_future.add_done_callback(relay)
     future.add_done_callback(functools.partial(_cancel_pool_future, pool_future))
     return future
 
 
-def _relay_shipment(
+def _relay_shipment(  # noqa: PLR0917 - a done-callback's bound arguments
     future: asyncio.Future[Any],
     delivery: Delivery,
     executor: ProcessPoolExecutor,
     name: str,
+    monitor: Any,
+    began: float,
     pool_future: ConcurrentFuture[Any],
 ) -> None:
-    if pool_future.cancelled():
-        delivery.push(future, None, _CANCELLED)
+    if monitor is not None:
+        monitor.runs.append(_now() - began)
+        next(monitor.ended)
+        if future.done():  # given up: counted now, as the loop may be closed (see run_pooled)
+            if future.cancelled():
+                next(monitor.cancelled)
+            return
+    try:  # one look at the pool's Future on the common path: each look takes its lock
+        data = pool_future.result()
+    except BaseException as exc:
+        if pool_future.cancelled():
+            delivery.push(future, None, _CANCELLED, monitor)
+            return
+        if isinstance(exc, BrokenProcessPool):
+            exc = _died(executor, name, exc)
+        elif isinstance(exc, NotPicklableError) and exc.__context__ is not None:
+            exc.__cause__ = exc.__context__  # the pool overwrote the cause with its traceback
+        delivery.push(future, None, _settable(exc), monitor)
         return
-    exc = pool_future.exception()
-    if exc is None:
-        packed = pool_future.result()
-        try:
-            value = unpack_result(packed.data, name) if isinstance(packed, Packed) else packed
-        except NotPicklableError as err:
-            delivery.push(future, None, err)
-        else:
-            delivery.push(future, value, None)
-        return
-    if isinstance(exc, BrokenProcessPool):
-        exc = _died(executor, name, exc)
-    elif isinstance(exc, NotPicklableError) and exc.__context__ is not None:
-        exc.__cause__ = exc.__context__  # the pool overwrote the cause with its traceback
-    delivery.push(future, None, _settable(exc))
+    try:
+        value = unpack_result(data, name)
+    except NotPicklableError as err:
+        delivery.push(future, None, err, monitor)
+    else:
+        delivery.push(future, value, None, monitor)
 
 
 def _cancel_pool_future(pool_future: ConcurrentFuture[Any], _future: object) -> None:

@@ -327,13 +327,16 @@ class Monitor:
         start: Start,
     ) -> asyncio.Future[Any]:
         """Send a call to an executor that may run it in another process, counting it."""
-        if not self.admit(executor, call, functools.partial(self._start_later, start)):
+        holds = self.limit is not None  # unbounded: no slot to take, no lock
+        if not holds:
+            next(self.submitted)
+        elif not self.admit(executor, call, functools.partial(self._start_later, start)):
             future: asyncio.Future[Any] = call[2]
             return future  # it waits for a slot; its Future is the caller's
         try:
-            return self._start(loop, executor, call, start)
+            return self._start(loop, executor, call, start, holds=holds)
         except BaseException:
-            self.refused(holds=True)
+            self.refused(holds=holds)
             raise
 
     def left_unstarted(self, *, holds: bool) -> None:
@@ -377,7 +380,7 @@ class Monitor:
             self.release()
             return
         try:
-            inner = self._start(loop, executor, call, start)
+            inner = self._start(loop, executor, call, start, holds=True)
         except Exception as exc:
             outer.set_exception(_settable(exc))
             self.refused(holds=True)
@@ -393,14 +396,16 @@ class Monitor:
         executor: Executor,
         call: Call,
         start: Start,
+        *,
+        holds: bool,
     ) -> asyncio.Future[Any]:
         began = _now()
         future = start(loop, executor, call)
         next(self.started)
-        future.add_done_callback(lambda done: self._settled(done, began))
+        future.add_done_callback(lambda done: self._settled(done, began, holds=holds))
         return future
 
-    def _settled(self, future: asyncio.Future[Any], began: float) -> None:
+    def _settled(self, future: asyncio.Future[Any], began: float, *, holds: bool) -> None:
         self.runs.append(_now() - began)
         next(self.ended)
         if future.cancelled():
@@ -412,7 +417,8 @@ class Monitor:
             elif not getattr(exc, "_offload_expired", False):
                 next(self.failed)
             # else the timer counted it as timed out
-        self.release()
+        if holds:
+            self.release()
 
     # -- reading ---------------------------------------------------------------
 
@@ -520,13 +526,12 @@ def run_monitored(call: Call) -> None:  # noqa: C901, PLR0912 - one flat path, r
             delivery._wake()
 
 
-def run_pooled(call: Call) -> None:  # noqa: C901 - one flat path, run once per call
+def run_pooled(call: Call) -> None:  # noqa: C901, PLR0912 - one flat path, run once per call
     """``run_monitored`` for offload's own pool, which needs less bookkeeping.
 
     The pool records each worker's running call, so the monitor counts only
-    starts here and reads ``running`` off the pool; and the outcome always goes
-    to the loop, whose drain counts a call given up while it ran. Two counter
-    bumps and a check fewer per call than on a foreign pool.
+    starts here and reads ``running`` off the pool: one counter bump fewer per
+    call than on a foreign pool.
     """
     _, _, future, delivery, context, fn, args, kwargs, monitor, queued_at, holds = call
     if future.cancelled():
@@ -549,7 +554,10 @@ def run_pooled(call: Call) -> None:  # noqa: C901 - one flat path, run once per 
             monitor.runs.append(_now() - started)
         if holds:
             monitor.release()
-        delivery.push(future, None, _settable(exc), monitor)
+        if not future.done():
+            delivery.push(future, None, _settable(exc), monitor)
+        elif future.cancelled():
+            next(monitor.cancelled)
         # See run_call: break the frame <-> exception cycle.
         del call, future
     else:
@@ -557,6 +565,13 @@ def run_pooled(call: Call) -> None:  # noqa: C901 - one flat path, run once per 
             monitor.runs.append(_now() - started)
         if holds:
             monitor.release()
+        if future.done():
+            # Given up while it ran. Count a cancel now, not when the loop
+            # drains the dropped outcome: the loop may have closed meanwhile,
+            # with a drain it never ran still due.
+            if future.cancelled():
+                next(monitor.cancelled)
+            return
         delivery._pending.append((future, result, None, monitor))
         if not delivery._scheduled:
             delivery._wake()

@@ -247,49 +247,17 @@ def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
     return exc
 
 
-class Shipment:
-    """A call for a standard ``ProcessPoolExecutor``; pickles with clear errors.
+def run_shipment(data: bytes, name: str) -> bytes:
+    """In a standard ``ProcessPoolExecutor``'s worker: run a packed call, pack its result.
 
-    The pool pickles it in its feeder thread, where a failure fails this call's
-    Future and leaves the pool usable. In the worker it stays bytes until the job
-    runs, so a call the worker cannot load fails alone instead of breaking the
-    pool.
+    The caller packs the call itself (``pack_call``), so a call that does not
+    pickle fails alone and clearly before it reaches the pool. The worker
+    unpickles it only here, where a failure fails this call instead of the
+    pool, and sends the result back as bytes, which the caller unpickles: a
+    result the caller cannot load fails its call, where the pool would break.
+    Plain bytes both ways cost the pool nothing to pickle.
     """
-
-    __slots__ = ("args", "data", "kwargs", "name", "target")
-
-    def __init__(
-        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
-    ) -> None:
-        self.target, self.args, self.kwargs, self.name = target, args, kwargs, name
-        self.data = b""
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
-        return _arrived, (pack_call(self.target, self.args, self.kwargs, self.name), self.name)
-
-
-def _arrived(data: bytes, name: str) -> Shipment:
-    shipment = Shipment.__new__(Shipment)
-    shipment.data, shipment.name = data, name
-    return shipment
-
-
-class Packed:
-    """A result pickled in the worker; unpickled by the caller, where errors are clear."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[type[Packed], tuple[bytes]]:
-        return Packed, (self.data,)
-
-
-def run_shipment(shipment: Shipment) -> Packed:
-    """In a standard pool's worker: run a ``Shipment``, pack its result."""
-    result = run_packed(shipment.data, shipment.name)
-    return Packed(pack_result(result, shipment.name))
+    return pack_result(run_packed(data, name), name)
 
 
 #: Code objects of the frames that run a call in a worker process: a function
