@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import offload
+from offload import _pickling
 from tests import process_targets as targets
 from tests.process_targets import Shape, Triangle
 
@@ -50,6 +51,35 @@ def procs(pool: offload.ProcessPool) -> offload.ProcessPool:
     return pool
 
 
+#: Every kind of process pool offload sends calls to, under each start method
+#: it supports: its own pool, and a standard ProcessPoolExecutor.
+ANY_POOLS = [f"offload-{method}" for method in START_METHODS] + [
+    "stdlib-spawn",
+    "stdlib-forkserver",
+]
+
+
+@pytest.fixture(scope="module", params=ANY_POOLS)
+def any_pool(request: pytest.FixtureRequest) -> Iterator[Executor]:
+    """One pool per kind and start method, shared by the module's tests."""
+    kind, method = request.param.split("-")
+    pool: Executor
+    if kind == "offload":
+        pool = offload.ProcessPool(2, start_method=method, name=f"any-{method}")
+    else:
+        pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method))
+    wait_all([pool.submit(time.sleep, 0.2) for _ in range(2)])  # both workers started
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def any_procs(any_pool: Executor) -> Executor:
+    """The tests' registry points ``"procs"`` at the pool under test."""
+    targets.registry.register("procs", any_pool, replace=True)
+    return any_pool
+
+
 #: kind -> (callable, arguments, expected result); results ending in "pid" carry
 #: the worker's pid last, which must not be this process's.
 CASES: dict[str, tuple[Any, tuple[Any, ...], Any]] = {
@@ -68,7 +98,7 @@ CASES: dict[str, tuple[Any, tuple[Any, ...], Any]] = {
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 async def test_each_binding_kind_runs_its_original_body_in_a_worker(
-    procs: offload.ProcessPool, kind: str
+    any_procs: Executor, kind: str
 ) -> None:
     """The child runs the body (a wrapper there would find no loop), bound as in the caller."""
     fn, args, expected = CASES[kind]
@@ -80,16 +110,16 @@ async def test_each_binding_kind_runs_its_original_body_in_a_worker(
     assert result == expected
 
 
-async def test_repeated_calls_reuse_the_workers(procs: offload.ProcessPool) -> None:
-    """Many calls run in at most ``max_workers`` processes, none of them this one."""
+async def test_repeated_calls_reuse_the_workers(any_procs: Executor) -> None:
+    """Many calls run in at most two processes (the pool's size), none of them this one."""
     first = {await targets.where() for _ in range(10)}
     again = set(await asyncio.gather(*(targets.where() for _ in range(10))))
     pids = first | again
     assert os.getpid() not in pids
-    assert len(pids) <= procs.max_workers
+    assert len(pids) <= 2  # the pools' size
 
 
-async def test_a_worker_is_never_cancelled_cooperatively(procs: offload.ProcessPool) -> None:
+async def test_a_worker_is_never_cancelled_cooperatively(any_procs: Executor) -> None:
     """In a worker process ``offload.cancelled()`` is false: the worker is stopped instead."""
     assert await targets.ask_cancelled() is False
 
@@ -116,7 +146,7 @@ async def test_a_dying_worker_fails_its_call_and_is_replaced(
 
 
 async def test_an_unpicklable_argument_fails_the_call_and_the_pool_carries_on(
-    procs: offload.ProcessPool,
+    any_procs: Executor,
 ) -> None:
     """The Future fails with NotPicklableError naming the arguments; the next call works."""
     with pytest.raises(offload.NotPicklableError, match="arguments of identity") as info:
@@ -126,7 +156,7 @@ async def test_an_unpicklable_argument_fails_the_call_and_the_pool_carries_on(
 
 
 async def test_an_unpicklable_result_fails_the_call_and_the_pool_carries_on(
-    procs: offload.ProcessPool,
+    any_procs: Executor,
 ) -> None:
     """The Future fails with NotPicklableError naming the result; the next call works."""
     with pytest.raises(offload.NotPicklableError, match="result of make_lock"):
@@ -135,12 +165,54 @@ async def test_an_unpicklable_result_fails_the_call_and_the_pool_carries_on(
 
 
 async def test_an_exception_comes_back_with_its_remote_traceback(
-    procs: offload.ProcessPool,
+    any_procs: Executor,
 ) -> None:
     """The worker's exception is raised here, its traceback text chained as the cause."""
     with pytest.raises(ValueError, match="boom") as info:
         await targets.fail("boom")
     assert "in fail" in str(info.value.__cause__)
+
+
+async def test_a_function_its_name_does_not_lead_to_fails_each_call_clearly(
+    any_procs: Executor,
+) -> None:
+    """Wrapped again on top of offload, the original cannot be pickled: each call says so."""
+    for _ in range(2):  # not remembered as sendable after the first failure
+        with pytest.raises(offload.NotPicklableError, match="buried itself cannot be") as info:
+            await targets.buried(1)
+        assert "apply offload last (outermost)" in str(info.value)
+    assert await targets.power(3) == 9
+
+
+async def test_a_function_a_worker_does_not_see_offloaded_fails_with_what_to_do(
+    any_procs: Executor, request: pytest.FixtureRequest
+) -> None:
+    """A worker that imports the module afresh finds no offloaded function under that name.
+
+    Under fork the worker starts as a copy of this process, so it finds one.
+    """
+    caller_only: Any = targets.caller_only  # offloaded in this process only
+    if request.node.callspec.params["any_pool"].endswith("-fork"):
+        assert await caller_only(4) == 4
+        return
+    for _ in range(2):  # the first call per worker, and a worker that tried before
+        with pytest.raises(offload.NotPicklableError, match="could not load caller_only") as info:
+            await caller_only(4)
+        assert "is not an offloaded function in this process" in str(info.value)
+    assert await targets.power(3) == 9
+
+
+async def test_what_is_kept_per_function_stays_bounded(
+    any_procs: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each function's pickled reference is kept for its next call, but only so many."""
+    monkeypatch.setattr(_pickling, "_SHIPPED_MAX", 2)
+    _pickling._shipped.clear()
+    for _ in range(2):
+        assert await targets.power(3) == 9
+        assert await targets.identity("x") == "x"
+        assert await targets.where() != os.getpid()
+        assert len(_pickling._shipped) <= 2  # the bound set above
 
 
 @pytest.mark.parametrize(
@@ -260,23 +332,6 @@ async def test_a_shut_down_pool_refuses_calls_and_cancels_queued_ones() -> None:
 
 def _stdlib_pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
-
-
-async def test_a_stdlib_pool_runs_every_binding_kind() -> None:
-    """A ProcessPoolExecutor registered as an instance runs functions and methods."""
-    stdlib = _stdlib_pool()
-    targets.registry.register("procs", stdlib, replace=True)
-    try:
-        assert await targets.power(3) == 9
-        assert (await Triangle(4).area())[:2] == ("Triangle", 8)
-        assert await Triangle.describe("x") == ("xTriangle", 3)
-        with pytest.raises(offload.NotPicklableError, match="arguments of identity"):
-            await targets.identity(threading.Lock())
-        with pytest.raises(offload.NotPicklableError, match="result of make_lock"):
-            await targets.make_lock()
-        assert await targets.power(2) == 4
-    finally:
-        stdlib.shutdown()
 
 
 async def test_a_broken_stdlib_pool_from_a_factory_is_replaced() -> None:

@@ -60,27 +60,24 @@ def dispatch(  # noqa: C901, PLR0912, PLR0917 - the hot path: flat; positional a
     sets does not leak back and concurrent calls do not see each other's values.
     Other processes get no contextvars.
     """
-    future = loop.create_future()
-    delivery = _deliveries.get(id(loop)) or delivery_for(loop)
-    if monitor is None:
-        call: Call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
-    elif monitor.limit is None and isinstance(executor, ThreadPool):
-        # The common named call, kept short: offload's pool, no bound. One
-        # call in SAMPLE_EVERY is timed: the clock is most of what statistics
-        # cost, and the percentiles need only a sample.
-        call = (
-            run_pooled, abandon_monitored, future, delivery, copy_context(),
-            fn, args, kwargs, monitor,
-            0.0 if next(monitor.submitted) & SAMPLE_MASK else _now(), False,
-        )  # fmt: skip
-        try:
-            executor._put(call)
-        except BaseException:
-            monitor.refused(holds=False)
-            raise
-        return future
-    elif not isinstance(executor, (ThreadPool, ThreadPoolExecutor)):
-        if monitor.limit is None and type(executor) is ProcessPoolExecutor:
+    if monitor is not None and monitor.limit is None:
+        if isinstance(executor, ThreadPool):
+            # The common named call, kept short: offload's pool, no bound. One
+            # call in SAMPLE_EVERY is timed: the clock is most of what
+            # statistics cost, and the percentiles need only a sample.
+            future = loop.create_future()
+            try:
+                executor._put((
+                    run_pooled, abandon_monitored, future,
+                    _deliveries.get(id(loop)) or delivery_for(loop), copy_context(),
+                    fn, args, kwargs, monitor,
+                    0.0 if next(monitor.submitted) & SAMPLE_MASK else _now(), False,
+                ))  # fmt: skip
+            except BaseException:
+                monitor.refused(holds=False)
+                raise
+            return future
+        if type(executor) is ProcessPoolExecutor:
             # The pool reports back on a thread of offload's choosing: the
             # call is counted there and as its outcome reaches the loop.
             next(monitor.submitted)
@@ -89,8 +86,12 @@ def dispatch(  # noqa: C901, PLR0912, PLR0917 - the hot path: flat; positional a
             except BaseException:  # refused before it was sent (a lambda): it ends as failed
                 monitor.refused(holds=False)
                 raise
-        call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
-        return monitor.elsewhere(loop, executor, call, elsewhere)
+    future = loop.create_future()
+    delivery = _deliveries.get(id(loop)) or delivery_for(loop)
+    if monitor is None or not isinstance(executor, (ThreadPool, ThreadPoolExecutor)):
+        call: Call = (run_call, abandon_call, future, delivery, copy_context(), fn, args, kwargs)
+        if monitor is not None:  # counted on its way to another process or a cluster
+            return monitor.elsewhere(loop, executor, call, elsewhere)
     else:  # a named call on a stdlib thread pool, or a bounded name (timed every call)
         bounded = monitor.limit is not None
         queued_at = 0.0 if not bounded and next(monitor.submitted) & SAMPLE_MASK else _now()

@@ -21,17 +21,18 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from types import FunctionType
 from typing import Any
 
 from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
-from ._errors import NotPicklableError, WorkerDiedError, describe_exit, name_of
+from ._errors import NotPicklableError, WorkerDiedError, describe_exit
 from ._pickling import (
-    Ref,
     RemoteJob,
-    local_function_error,
+    _shipped,
     pack_call,
     run_shipment,
     ship_target,
+    shipping,
     unpack_result,
 )
 
@@ -92,24 +93,22 @@ def to_process_pool_executor(  # noqa: PLR0917 - dispatch's positional style
     started as it is handed over, ended and timed as the pool reports back,
     and its fate by the loop as the outcome arrives. That is no more work for
     the loop than a call that is not counted.
+
+    Only what the pool needs is done before ``submit``: one call at a time, the
+    work before it adds to every call's latency, while the work after it runs
+    as the pool's own threads wake up.
     """
-    target = ship_target(fn)
-    if target is fn:
-        error = local_function_error(fn, repr(executor))
-        if error is not None:
-            raise error
-    name = target.qualname if isinstance(target, Ref) else name_of(fn)
-    future = loop.create_future()
+    shipped = _shipped.get(fn) if type(fn) is FunctionType else None
+    target, name = shipped if shipped is not None else shipping(fn, executor.__repr__)
     try:
         data = pack_call(target, args, kwargs, name)
+    except NotPicklableError as exc:
+        return _refused(loop, exc, monitor)
+    try:
         pool_future = executor.submit(run_shipment, data, name)
-    except (NotPicklableError, BrokenProcessPool) as exc:  # it broke while idle
-        future.set_exception(
-            _died(executor, name, exc) if isinstance(exc, BrokenProcessPool) else exc
-        )
-        if monitor is not None:
-            monitor.refused(holds=False)
-        return future
+    except BrokenProcessPool as exc:  # it broke while idle
+        return _refused(loop, _died(executor, name, exc), monitor)
+    future = loop.create_future()
     if monitor is not None:
         next(monitor.started)
     relay = functools.partial(
@@ -117,6 +116,16 @@ def to_process_pool_executor(  # noqa: PLR0917 - dispatch's positional style
     )
     pool_future.add_done_callback(relay)
     future.add_done_callback(functools.partial(_cancel_pool_future, pool_future))
+    return future
+
+
+def _refused(
+    loop: asyncio.AbstractEventLoop, error: BaseException, monitor: Any
+) -> asyncio.Future[Any]:
+    future = loop.create_future()
+    future.set_exception(error)
+    if monitor is not None:
+        monitor.refused(holds=False)
     return future
 
 

@@ -16,11 +16,13 @@ import importlib
 import pickle
 import sys
 import traceback
+from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 import wrapt
 
-from ._errors import NotPicklableError
+from ._errors import NotPicklableError, name_of
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -67,7 +69,8 @@ class Ref:
         stored = _lookup(self.module, self.qualname, load=True)
         if not isinstance(stored, wrapt.FunctionWrapper):
             raise LookupError(  # noqa: TRY004  # the name does not lead to an offloaded function
-                f"{self.module}.{self.qualname} is not an offloaded function in this process"
+                f"{self.module}.{self.qualname} is not an offloaded function in this process; "
+                "decorate it the same way in every process, not only in the caller"
             )
         original = stored.__wrapped__
         owner = self.owner
@@ -118,6 +121,38 @@ class _Bind:
         return self.func(self.owner, *args, **kwargs)
 
 
+#: Per plain function: what a worker needs to find it, pickled, and its name.
+_shipped: dict[Callable[..., Any], tuple[Any, str]] = {}
+_SHIPPED_MAX = 1024
+
+
+def shipping(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
+    """What to send for ``fn`` with each call, and its name; or a TypeError for a lambda.
+
+    Callers look in ``_shipped`` first: for a plain function the answer is
+    worked out on its first call, the target already pickled, so later calls
+    neither look it up nor pickle it again, and the worker loads it once
+    (``run_packed``). A bound method is made per call, and its owner travels
+    with each. ``where()`` names the executor for the error message.
+    """
+    target = ship_target(fn)
+    if target is fn:
+        error = local_function_error(fn, where())
+        if error is not None:
+            raise error
+    name = target.qualname if isinstance(target, Ref) else name_of(fn)
+    if type(fn) is not FunctionType:
+        return target, name
+    try:
+        packed = pickle.dumps(target, PROTOCOL)
+    except Exception:  # pack_call says why, for each call
+        return target, name
+    if len(_shipped) >= _SHIPPED_MAX:  # functions made at run time: keep a few
+        _shipped.clear()
+    _shipped[fn] = shipped = (packed, name)
+    return shipped
+
+
 def local_function_error(fn: Any, where: str) -> TypeError | None:
     """The error for a lambda or nested function bound for a process, or None."""
     func = getattr(fn, "__func__", fn)
@@ -158,7 +193,11 @@ class RemoteJob:
 
 
 def pack_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bytes:
-    """Pickle a call for a worker process, or raise ``NotPicklableError``."""
+    """Pickle a call for a worker process, or raise ``NotPicklableError``.
+
+    ``target`` may be bytes from ``shipping``: the worker then loads it once,
+    and later calls carry it at the cost of copying a few bytes.
+    """
     try:
         return pickle.dumps((target, args, kwargs), PROTOCOL)
     except Exception as exc:
@@ -166,19 +205,44 @@ def pack_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: 
             pickle.dumps(target, PROTOCOL)
         except Exception:
             what = f"{name} itself cannot be pickled to send it"
+            advice = (
+                "A worker finds a function by its module and name, so that name must lead "
+                "to it: define it at module level, and if other decorators wrap it, apply "
+                "offload last (outermost)."
+            )
         else:
             what = f"the arguments of {name} cannot be pickled to send them"
+            advice = (
+                "A process executor copies the arguments and the result between processes: "
+                "pass picklable values, or run the call on a thread executor."
+            )
         raise NotPicklableError(
-            f"{what} to a worker process ({type(exc).__name__}: {exc}). A process executor "
-            "copies the function, its arguments and its result between processes: pass "
-            "picklable values, or run the call on a thread executor."
+            f"{what} to a worker process ({type(exc).__name__}: {exc}). {advice}"
         ) from exc
+
+
+#: In a worker: each target from ``shipping``, loaded and resolved.
+_unpacked: dict[bytes, Any] = {}
+_UNPACKED_MAX = 1024
+
+
+def _unpack_target(packed: bytes) -> Any:
+    target = pickle.loads(packed)  # noqa: S301  # our own call, from our parent
+    fn = target.resolve() if isinstance(target, Ref) else target
+    if len(_unpacked) >= _UNPACKED_MAX:
+        _unpacked.clear()
+    _unpacked[packed] = fn
+    return fn
 
 
 def run_packed(data: bytes | memoryview, name: str) -> Any:
     """In the worker: unpickle a call made by ``pack_call`` and run it."""
     try:
         target, args, kwargs = pickle.loads(data)  # noqa: S301  # our own call, from our parent
+        if type(target) is bytes:
+            target = _unpacked.get(target) or _unpack_target(target)
+        elif isinstance(target, Ref):
+            target = target.resolve()
     except Exception as exc:
         raise NotPicklableError(
             f"the worker process could not load {name} or its arguments "

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
 from multiprocessing.connection import Connection, wait
+from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
 from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
@@ -38,16 +39,14 @@ from ._errors import (
     NotPicklableError,
     WorkerDiedError,
     describe_exit,
-    name_of,
 )
 from ._pickling import (
-    Ref,
-    local_function_error,
+    _shipped,
     pack_call,
     pack_exception,
     pack_result,
     run_packed,
-    ship_target,
+    shipping,
     unpack_exception,
     unpack_result,
 )
@@ -105,9 +104,10 @@ class _Job:
 
     __slots__ = ("abandoned", "args", "delivery", "finished", "future", "kwargs", "name", "target")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one call's parts
         self,
         target: Any,
+        name: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         future: asyncio.Future[Any] | ConcurrentFuture[Any],
@@ -115,7 +115,7 @@ class _Job:
     ) -> None:
         self.target, self.args, self.kwargs = target, args, kwargs
         self.future, self.delivery = future, delivery
-        self.name = target.qualname if isinstance(target, Ref) else name_of(target)
+        self.name = name
         self.abandoned = False  # its caller gave up: cancelled, or timed out
         self.finished = False  # an outcome was delivered, or its worker was stopped
 
@@ -268,7 +268,7 @@ class ProcessPool(Executor):
     ) -> asyncio.Future[Any]:
         """Queue an offloaded call; its Future is resolved on ``loop``."""
         future = loop.create_future()
-        job = _Job(self._target(fn), args, kwargs, future, delivery_for(loop))
+        job = _Job(*self._shipping(fn), args, kwargs, future, delivery_for(loop))
         self._put(job)
         future.add_done_callback(functools.partial(self._settled, job))
         return future
@@ -278,16 +278,15 @@ class ProcessPool(Executor):
     ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
-        self._put(_Job(self._target(fn), args, kwargs, future, None))
+        self._put(_Job(*self._shipping(fn), args, kwargs, future, None))
         return future
 
-    def _target(self, fn: Callable[..., Any]) -> Any:
-        target = ship_target(fn)
-        if target is fn:
-            error = local_function_error(fn, f"the process pool {self._name!r}")
-            if error is not None:
-                raise error
-        return target
+    def _shipping(self, fn: Callable[..., Any]) -> tuple[Any, str]:
+        shipped = _shipped.get(fn) if type(fn) is FunctionType else None
+        return shipped if shipped is not None else shipping(fn, self._where)
+
+    def _where(self) -> str:
+        return f"the process pool {self._name!r}"
 
     def _put(self, job: _Job) -> None:
         with self._lock:
