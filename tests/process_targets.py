@@ -83,7 +83,11 @@ def crash() -> None:
 def _hold(started: Path, release: Path | None, ignore_sigterm: bool) -> int:
     if ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    started.write_text(str(os.getpid()))
+    # Written whole, then renamed into place: a reader that sees the file
+    # sees the pid, never an empty file still being written.
+    partial = started.with_name(started.name + ".partial")
+    partial.write_text(str(os.getpid()))
+    partial.replace(started)
     if release is None:
         while True:
             time.sleep(0.01)

@@ -73,11 +73,13 @@ async def test_a_call_cancelled_while_queued_never_runs(
 ) -> None:
     """With both workers busy, a cancelled queued call is dropped, not run."""
     busy = [targets.hold(tmp_path / f"busy{i}", tmp_path / "release") for i in range(2)]
-    for i in range(2):
-        await targets.started(tmp_path / f"busy{i}")
-    queued = targets.hold(tmp_path / "queued", tmp_path / "release")
-    queued.cancel()
-    (tmp_path / "release").touch()
+    try:
+        for i in range(2):
+            await targets.started(tmp_path / f"busy{i}")
+        queued = targets.hold(tmp_path / "queued", tmp_path / "release")
+        queued.cancel()
+    finally:  # the workers are freed even if this test fails, so the next tests are not held
+        (tmp_path / "release").touch()
     await asyncio.gather(*busy)
     await targets.where()  # the workers have passed the point where it would have run
     assert not (tmp_path / "queued").exists()
