@@ -169,6 +169,11 @@ def ask_cancelled() -> bool:
     return offload.cancelled()
 
 
+def plain_double(x: int) -> int:
+    """Not offloaded here; a test offloads it later."""
+    return 2 * x
+
+
 def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A decorator of the usual kind, which replaces the function with its own."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -213,6 +214,39 @@ async def test_what_is_kept_per_function_stays_bounded(
         assert await targets.identity("x") == "x"
         assert await targets.where() != os.getpid()
         assert len(_pickling._shipped) <= 2  # the bound set above
+
+
+def test_a_function_offloaded_later_is_sent_as_offloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is remembered for a function follows its name: offloaded later, it goes by Ref."""
+    before, _ = _pickling.ship(targets.plain_double, str)
+    assert pickle.loads(before) is targets.plain_double  # noqa: S301 - our own bytes
+    plain = targets.plain_double
+    monkeypatch.setattr(targets, "plain_double", targets.registry.offload("procs")(plain))
+    after, _ = _pickling.ship(plain, str)
+    assert isinstance(pickle.loads(after), _pickling.Ref)  # noqa: S301 - our own bytes
+
+
+async def test_a_remembered_function_never_sends_what_its_name_now_leads_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rebound to another function (a reload), the old one fails; it never runs the new one."""
+    stdlib = _stdlib_pool()
+    targets.registry.register("procs", stdlib, replace=True)
+    old = targets.power
+    try:
+        assert await old(3) == 9  # remembered now
+
+        def power(x: int, *, exponent: int = 2) -> int:
+            return -1
+
+        power.__module__, power.__qualname__ = targets.__name__, "power"
+        monkeypatch.setattr(targets, "power", targets.registry.offload("procs")(power))
+        with pytest.raises(offload.NotPicklableError, match="power itself cannot be pickled"):
+            await old(3)
+        monkeypatch.undo()
+        assert await old(3) == 9
+    finally:
+        stdlib.shutdown()
 
 
 @pytest.mark.parametrize(

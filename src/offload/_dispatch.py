@@ -66,13 +66,14 @@ def dispatch(  # noqa: C901, PLR0912, PLR0917 - the hot path: flat; positional a
             # call in SAMPLE_EVERY is timed: the clock is most of what
             # statistics cost, and the percentiles need only a sample.
             future = loop.create_future()
+            pooled = (
+                run_pooled, abandon_monitored, future,
+                _deliveries.get(id(loop)) or delivery_for(loop), copy_context(),
+                fn, args, kwargs, monitor,
+                0.0 if next(monitor.submitted) & SAMPLE_MASK else _now(), False,
+            )  # fmt: skip
             try:
-                executor._put((
-                    run_pooled, abandon_monitored, future,
-                    _deliveries.get(id(loop)) or delivery_for(loop), copy_context(),
-                    fn, args, kwargs, monitor,
-                    0.0 if next(monitor.submitted) & SAMPLE_MASK else _now(), False,
-                ))  # fmt: skip
+                executor._put(pooled)
             except BaseException:
                 monitor.refused(holds=False)
                 raise

@@ -21,18 +21,16 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-from types import FunctionType
 from typing import Any
 
 from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
 from ._errors import NotPicklableError, WorkerDiedError, describe_exit
 from ._pickling import (
     RemoteJob,
-    _shipped,
     pack_call,
     run_shipment,
+    ship,
     ship_target,
-    shipping,
     unpack_result,
 )
 
@@ -98,8 +96,7 @@ def to_process_pool_executor(  # noqa: PLR0917 - dispatch's positional style
     work before it adds to every call's latency, while the work after it runs
     as the pool's own threads wake up.
     """
-    shipped = _shipped.get(fn) if type(fn) is FunctionType else None
-    target, name = shipped if shipped is not None else shipping(fn, executor.__repr__)
+    target, name = ship(fn, executor.__repr__)
     try:
         data = pack_call(target, args, kwargs, name)
     except NotPicklableError as exc:

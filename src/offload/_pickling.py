@@ -121,20 +121,28 @@ class _Bind:
         return self.func(self.owner, *args, **kwargs)
 
 
-#: Per plain function: what a worker needs to find it, pickled, and its name.
-_shipped: dict[Callable[..., Any], tuple[Any, str]] = {}
+#: Per plain function: what a worker needs to find it, pickled, and its name;
+#: then where its name leads (a namespace, a key) and what was there, so that
+#: a cached answer is used only while the name still leads to the same object.
+_shipped: dict[Callable[..., Any], tuple[bytes, str, Any, str, Any]] = {}
 _SHIPPED_MAX = 1024
 
 
-def shipping(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
+def ship(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
     """What to send for ``fn`` with each call, and its name; or a TypeError for a lambda.
 
-    Callers look in ``_shipped`` first: for a plain function the answer is
-    worked out on its first call, the target already pickled, so later calls
-    neither look it up nor pickle it again, and the worker loads it once
-    (``run_packed``). A bound method is made per call, and its owner travels
-    with each. ``where()`` names the executor for the error message.
+    For a plain function the answer is worked out on its first call, with the
+    target already pickled, so later calls neither look it up nor pickle it
+    again, and each worker loads it once (``run_packed``). The answer holds as
+    long as the function's module name leads where it did; rebinding that name
+    (offloading a function later, reloading a module) is seen on the next
+    call. A bound method is made per call, and its owner travels with each.
+    ``where()`` names the executor for the error message.
     """
+    if type(fn) is FunctionType:
+        entry = _shipped.get(fn)
+        if entry is not None and entry[2].get(entry[3]) is entry[4]:
+            return entry[0], entry[1]
     target = ship_target(fn)
     if target is fn:
         error = local_function_error(fn, where())
@@ -147,10 +155,26 @@ def shipping(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
         packed = pickle.dumps(target, PROTOCOL)
     except Exception:  # pack_call says why, for each call
         return target, name
-    if len(_shipped) >= _SHIPPED_MAX:  # functions made at run time: keep a few
-        _shipped.clear()
-    _shipped[fn] = shipped = (packed, name)
-    return shipped
+    namespace = _namespace(fn.__module__, fn.__qualname__)
+    key = fn.__qualname__.rpartition(".")[2]
+    if namespace is not None:
+        if len(_shipped) >= _SHIPPED_MAX:  # functions made at run time: keep a few
+            _shipped.clear()
+        _shipped[fn] = (packed, name, namespace, key, namespace.get(key))
+    return packed, name
+
+
+def _namespace(module: str, qualname: str) -> Any:
+    """The live mapping that holds the last part of ``module.qualname``, or None."""
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split(".")[:-1]:
+        if obj is None:
+            return None
+        obj = vars(obj).get(part) if isinstance(obj, type) else getattr(obj, part, None)
+    try:
+        return vars(obj)
+    except TypeError:  # None, or an object without a __dict__
+        return None
 
 
 def local_function_error(fn: Any, where: str) -> TypeError | None:
@@ -195,7 +219,7 @@ class RemoteJob:
 def pack_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bytes:
     """Pickle a call for a worker process, or raise ``NotPicklableError``.
 
-    ``target`` may be bytes from ``shipping``: the worker then loads it once,
+    ``target`` may be bytes from ``ship``: the worker then loads it once,
     and later calls carry it at the cost of copying a few bytes.
     """
     try:
@@ -221,7 +245,7 @@ def pack_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: 
         ) from exc
 
 
-#: In a worker: each target from ``shipping``, loaded and resolved.
+#: In a worker: each target from ``ship``, loaded and resolved.
 _unpacked: dict[bytes, Any] = {}
 _UNPACKED_MAX = 1024
 

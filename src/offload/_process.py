@@ -30,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
 from multiprocessing.connection import Connection, wait
-from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
 from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
@@ -41,12 +40,11 @@ from ._errors import (
     describe_exit,
 )
 from ._pickling import (
-    _shipped,
     pack_call,
     pack_exception,
     pack_result,
     run_packed,
-    shipping,
+    ship,
     unpack_exception,
     unpack_result,
 )
@@ -268,7 +266,7 @@ class ProcessPool(Executor):
     ) -> asyncio.Future[Any]:
         """Queue an offloaded call; its Future is resolved on ``loop``."""
         future = loop.create_future()
-        job = _Job(*self._shipping(fn), args, kwargs, future, delivery_for(loop))
+        job = _Job(*ship(fn, self._where), args, kwargs, future, delivery_for(loop))
         self._put(job)
         future.add_done_callback(functools.partial(self._settled, job))
         return future
@@ -278,12 +276,8 @@ class ProcessPool(Executor):
     ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
-        self._put(_Job(*self._shipping(fn), args, kwargs, future, None))
+        self._put(_Job(*ship(fn, self._where), args, kwargs, future, None))
         return future
-
-    def _shipping(self, fn: Callable[..., Any]) -> tuple[Any, str]:
-        shipped = _shipped.get(fn) if type(fn) is FunctionType else None
-        return shipped if shipped is not None else shipping(fn, self._where)
 
     def _where(self) -> str:
         return f"the process pool {self._name!r}"
