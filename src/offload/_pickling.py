@@ -32,18 +32,27 @@ def _lookup(module: str, qualname: str, *, load: bool = False) -> Any:
 
     With ``load``, as in a worker, the module is imported if it is not yet.
     """
+    namespace = _namespace(module, qualname, load=load)
+    return None if namespace is None else namespace.get(qualname.rpartition(".")[2])
+
+
+def _namespace(module: str, qualname: str, *, load: bool = False) -> Any:
+    """The live mapping (a module's or a class's) that holds the last part of the name, or None."""
     if "<" in qualname:  # "<locals>", "<lambda>": nothing to look up
         return None
     obj: Any = sys.modules.get(module)
     if obj is None and load:
         obj = importlib.import_module(module)
-    for part in qualname.split("."):
+    for part in qualname.split(".")[:-1]:
         if obj is None:
             return None
         # A class's __dict__ holds the decorated object itself; getattr would
         # run the descriptor protocol and hand back a bound wrapper.
         obj = vars(obj).get(part) if isinstance(obj, type) else getattr(obj, part, None)
-    return obj
+    try:
+        return vars(obj)
+    except TypeError:  # None, or an object without a __dict__
+        return None
 
 
 def _plain(obj: Any) -> Any:
@@ -139,7 +148,8 @@ def ship(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
     call. A bound method is made per call, and its owner travels with each.
     ``where()`` names the executor for the error message.
     """
-    if type(fn) is FunctionType:
+    plain = type(fn) is FunctionType
+    if plain:
         entry = _shipped.get(fn)
         if entry is not None and entry[2].get(entry[3]) is entry[4]:
             return entry[0], entry[1]
@@ -149,7 +159,7 @@ def ship(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
         if error is not None:
             raise error
     name = target.qualname if isinstance(target, Ref) else name_of(fn)
-    if type(fn) is not FunctionType:
+    if not plain:
         return target, name
     try:
         packed = pickle.dumps(target, PROTOCOL)
@@ -162,19 +172,6 @@ def ship(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
             _shipped.clear()
         _shipped[fn] = (packed, name, namespace, key, namespace.get(key))
     return packed, name
-
-
-def _namespace(module: str, qualname: str) -> Any:
-    """The live mapping that holds the last part of ``module.qualname``, or None."""
-    obj: Any = sys.modules.get(module)
-    for part in qualname.split(".")[:-1]:
-        if obj is None:
-            return None
-        obj = vars(obj).get(part) if isinstance(obj, type) else getattr(obj, part, None)
-    try:
-        return vars(obj)
-    except TypeError:  # None, or an object without a __dict__
-        return None
 
 
 def local_function_error(fn: Any, where: str) -> TypeError | None:
