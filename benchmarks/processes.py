@@ -140,7 +140,11 @@ async def dask_rows(calls: int, repeats: int) -> list[tuple[str, float, float, f
         print("distributed is not installed: skipping the Dask rows")
         return []
     cluster = await distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, asynchronous=True
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address="127.0.0.1:0",  # None would still bind port 8787; 0 takes a free one
+        asynchronous=True,
     )
     direct_client = await distributed.Client(cluster, asynchronous=True)
     sync_client = await asyncio.to_thread(distributed.Client, cluster.scheduler_address)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -78,6 +79,13 @@ def connect_sync(database: str, **kwargs: Any) -> Connection:
 
 # --- The async API: declarations over the sync one. ---------------------------
 
+# Python 3.12 gave sqlite3.Connection getconfig/setconfig (sqlite3_db_config). Like
+# getlimit/setlimit they read and change a setting of this connection, so they are
+# declared in run= and run on the connection's thread (sqlite3 refuses any other).
+# Only where sqlite3 has them: run= rejects names the class lacks, and assert_parity
+# requires every name the class has.
+_CONFIG_METHODS = ["getconfig", "setconfig"] if sys.version_info >= (3, 12) else []
+
 
 class AsyncCursor(
     offload.Facade[sqlite3.Cursor],
@@ -119,6 +127,7 @@ class AsyncConnection(
         "set_trace_callback",
         "getlimit",
         "setlimit",
+        *_CONFIG_METHODS,
     ],
     sync=["transaction"],
     wrap={

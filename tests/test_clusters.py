@@ -22,8 +22,12 @@ loky = pytest.importorskip("loky")
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A local cluster of two single-threaded worker processes, for the whole module."""
+    # dashboard_address=None still binds the scheduler's HTTP server to port 8787, and a
+    # second run (another Python, another checkout) then fails with "Port 8787 is already
+    # in use" (a warning, so an error here). Port 0 takes a free port; on 127.0.0.1, as the
+    # scheduler itself is, rather than on every interface as ":0" would be.
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     ) as cluster:
         yield cluster
     # Closing leaves Dask's pending coroutines in cycles; finalising them frees

@@ -31,3 +31,16 @@ def test_demo_help_explains_the_flag() -> None:
     )
     assert done.returncode == 0
     assert "--max-seconds" in done.stdout
+
+
+def test_demo_runs_with_warnings_as_errors() -> None:
+    """The demo starts its loop with no deprecated API (asyncio.run, not IOLoop.run_sync)."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "offload", "demo", "--max-seconds", "0.05"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "report: 20 tasks" in done.stdout

@@ -243,9 +243,25 @@ async def test_a_transaction_rolls_back_on_error(tmp_path: Path) -> None:
 
 def test_the_driver_facades_are_complete() -> None:
     """The driver's facades cover every public attribute of sqlite3's classes."""
+    # Against the running Python's sqlite3, which gained Connection.getconfig/setconfig in 3.12.
     offload.assert_parity(sqlite_driver.AsyncConnection)
     offload.assert_parity(sqlite_driver.AsyncCursor)
     offload.assert_parity(sqlite_driver.AsyncTransaction)
+
+
+async def test_connection_config_runs_on_the_connections_thread(tmp_path: Path) -> None:
+    """``getconfig``/``setconfig`` are offloaded: sqlite3's same-thread check lets them through."""
+    if sys.version_info < (3, 12):  # a version check, so that mypy for 3.11 skips the rest too
+        pytest.skip("sqlite3 has getconfig/setconfig from Python 3.12")
+    conn = await sqlite_driver.connect(str(tmp_path / "t.sqlite3"))
+    try:
+        triggers = sqlite3.SQLITE_DBCONFIG_ENABLE_TRIGGER
+        await conn.setconfig(triggers, False)  # noqa: FBT003  # its enable is positional-only
+        assert await conn.getconfig(triggers) is False
+        await conn.setconfig(triggers, True)  # noqa: FBT003  # as above
+        assert await conn.getconfig(triggers) is True
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from collections.abc import Generator
 from typing import Any
 
 from tornado import gen
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import PeriodicCallback
 
 from ._api import offload
 
@@ -125,5 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.max_seconds < 0:
         sys.stderr.write("demo: --max-seconds must not be negative\n")
         return 2
-    IOLoop.current().run_sync(lambda: run(args.max_seconds, args.seed))
+    # asyncio.run starts the loop, as Tornado recommends since 6.2: IOLoop.current()
+    # with no loop running is deprecated (a DeprecationWarning on Python 3.12+).
+    asyncio.run(run(args.max_seconds, args.seed))
     return 0
