@@ -34,13 +34,13 @@ from ._facade import facade as facade
 from ._iterate import acontext as acontext
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
-from ._monitor import ExecutorStats as ExecutorStats
-from ._monitor import Timings as Timings
+from ._stats import ExecutorStats as ExecutorStats
+from ._stats import Timings as Timings
 from ._pool import ThreadPool as ThreadPool
 from ._process import ProcessPool as ProcessPool
 from ._registry import Registry as Registry
-from ._timeouts import cancelled as cancelled
-from ._timeouts import check_cancelled as check_cancelled
+from ._call import cancelled as cancelled
+from ._call import check_cancelled as check_cancelled
 from ._tornado import run_on_executor as run_on_executor
 from ._web import StatsHandler as StatsHandler
 

@@ -8,7 +8,7 @@ from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
-from ._monitor import ExecutorStats, WhenFull
+from ._stats import ExecutorStats, WhenFull
 from ._registry import ExecutorOrFactory, Registry
 
 P = ParamSpec("P")

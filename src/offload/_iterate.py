@@ -30,9 +30,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from ._affinity import AffineThread
 from ._api import default_registry
 from ._decorator import ExecutorSpec, check_spec
-from ._dispatch import dispatch
 from ._errors import ExecutorShutdownError, no_running_loop
-from ._monitor import Monitor
+from ._route import Route, route_to
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,12 +51,9 @@ def resolve(spec: ExecutorSpec) -> Executor:
     return spec if isinstance(spec, Executor) else default_registry.get_executor(spec)
 
 
-def route(spec: ExecutorSpec) -> tuple[Executor, Monitor | None]:
-    """The executor a name or Executor stands for, and the name's monitor.
-
-    Looked up now, at call time.
-    """
-    return (spec, None) if isinstance(spec, Executor) else default_registry._route(spec)
+def route(spec: ExecutorSpec) -> Route:
+    """The route of a name or an Executor, looked up now, at call time."""
+    return route_to(spec) if isinstance(spec, Executor) else default_registry._route(spec)
 
 
 def running_loop(what: object) -> asyncio.AbstractEventLoop:
@@ -203,7 +199,7 @@ class OffloadedIterator(Generic[T]):
 
     def _run_producer(self, pump: _Pump, executor: Executor) -> None:
         pump.running = True
-        self._job = dispatch(pump.loop, executor, pump.produce, (), {})
+        self._job = route_to(executor).call(pump.loop, pump.produce, (), {})
         # The callback holds the pump, not self: ``break`` must be able to drop self.
         self._job.add_done_callback(pump.job_done)
 
@@ -251,7 +247,7 @@ class OffloadedIterator(Generic[T]):
         if pump is None:
             return
         if pump.stop() and self._executor is not None:
-            self._job = dispatch(pump.loop, self._executor, pump.close_source, (), {})
+            self._job = route_to(self._executor).call(pump.loop, pump.close_source, (), {})
         if self._job is not None:
             await asyncio.shield(self._job)
         if pump.close_error is not None:
@@ -367,9 +363,7 @@ class _AsyncContext(AbstractAsyncContextManager[T]):
         self._abandoned = False
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = running_loop(fn)
-        executor, monitor = route(self._spec)
-        return dispatch(loop, executor, fn, args, {}, monitor)
+        return route(self._spec).call(running_loop(fn), fn, args, {})
 
     def _enter(self) -> Any:
         value = self._manager.__enter__()
