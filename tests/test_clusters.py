@@ -23,7 +23,7 @@ loky = pytest.importorskip("loky")
 def cluster() -> Iterator[Any]:
     """A local cluster of two single-threaded worker processes, for the whole module."""
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         yield cluster
     # Closing leaves Dask's pending coroutines in cycles; finalising them frees

@@ -121,7 +121,9 @@ class AffineThread(Executor):
         ...     conn = await connect(":memory:")  # made on the thread ...
         ...     query = offload.offload(conn.execute, executor=db_thread)
         ...     cursor = await query("SELECT 6 * 7")  # ... and used there
-        ...     return await offload.offload(cursor.fetchone, executor=db_thread)()
+        ...     row = await offload.offload(cursor.fetchone, executor=db_thread)()
+        ...     await offload.offload(conn.close, executor=db_thread)()
+        ...     return row
         >>> asyncio.run(main())
         (42,)
         >>> db_thread.shutdown()

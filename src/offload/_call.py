@@ -53,18 +53,31 @@ _running = _Running()
 REMOTE = object()
 
 
-def run(call: Call) -> None:
+def run(call: Call) -> None:  # noqa: C901, PLR0912 - the hot path, flat on purpose
     """Run an offloaded call on a worker thread: the one place a thread runs one.
 
     A call whose Future is done before it starts (cancelled, timed out, failed
-    by a shutdown) never runs.
+    by a shutdown) never runs. After it ran, this is ``began`` + ``finish`` +
+    ``deliver`` written out in one frame: three Python calls fewer per call
+    is 5-8% of the throughput of offload's own pool on a no-op.
     """
     future = call[FUTURE]
     if future.done():
         never_ran(call)
         return
-    stats = call[ROUTE].stats
-    started = began(call, stats) if stats is not None else 0.0
+    route = call[ROUTE]
+    stats = route.stats
+    started = 0.0
+    if stats is not None:
+        try:
+            row: list[int] = stats.local.row
+        except AttributeError:
+            row = stats.new_row()
+        row[STARTED] += 1
+        queued_at = call[QUEUED_AT]
+        if queued_at:
+            started = now()
+            stats.waited(started - queued_at, route.executor)
     running = _running
     previous = running.call
     running.call = call
@@ -76,9 +89,22 @@ def run(call: Call) -> None:
         # The traceback keeps this frame alive: drop the locals that would
         # tie the Future, its exception and this frame into a cycle.
         del call, future, previous
-    else:
-        running.call = previous
-        finish(call, result, None, started)
+        return
+    running.call = previous
+    if stats is not None:
+        if started:
+            stats.runs.append(now() - started)
+        row[ENDED] += 1
+    if call[HOLDS]:
+        route.bound.release()
+    if future.done():  # given up while it ran: see deliver
+        if stats is not None and future.cancelled():
+            row[CANCELLED_COUNT] += 1
+        return
+    delivery = call[DELIVERY]
+    delivery.pending.append((future, result, None, stats))
+    if not delivery.scheduled:
+        delivery.wake()
 
 
 def began(call: Call, stats: Stats, *, waited: bool = True) -> float:
