@@ -88,7 +88,8 @@ class _Pump:
         self.space = threading.Condition(self.lock)
         self.credit = prefetch  # items the producer may make before it must wait
         self.outcomes: collections.deque[tuple[str, Any]] = collections.deque()
-        self.waiter: asyncio.Future[None] | None = None
+        # Consumers waiting for an outcome: every one is woken, and each looks again.
+        self.waiters: list[asyncio.Future[None]] = []
         self.running = False  # a producer job is queued or running
         self.stopping = False  # the consumer is gone: close the source, make no more
         self.finished = False  # the source ended or raised; nothing left to close
@@ -135,9 +136,9 @@ class _Pump:
     def _push(self, kind: str, value: Any) -> None:
         self.outcomes.append((kind, value))
         with self.lock:
-            waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            self.loop.call_soon_threadsafe(_wake, waiter)
+            waiters, self.waiters = self.waiters, []
+        if waiters:
+            self.loop.call_soon_threadsafe(_wake, waiters)
 
     def job_done(self, job: asyncio.Future[Any]) -> None:
         """Report a producer job that the executor dropped unstarted (shut down)."""
@@ -155,9 +156,10 @@ class _Pump:
             return not self.running and not self.finished
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class OffloadedIterator(Generic[T]):
@@ -211,7 +213,8 @@ class OffloadedIterator(Generic[T]):
             with pump.lock:
                 outcome = pump.outcomes.popleft() if pump.outcomes else None
                 if outcome is None:
-                    waiter = pump.waiter = pump.loop.create_future()
+                    waiter = pump.loop.create_future()
+                    pump.waiters.append(waiter)
             if outcome is None:
                 await waiter
                 continue
@@ -235,7 +238,13 @@ class OffloadedIterator(Generic[T]):
                 pump.running = True
             pump.space.notify()
         if resume and self._executor is not None:
-            self._run_producer(pump, self._executor)
+            try:
+                self._run_producer(pump, self._executor)
+            except BaseException as exc:  # the executor was shut down between batches
+                # The item in hand is still the caller's; the end comes after it.
+                pump.running = False
+                pump.finished = True
+                pump._push(_ERROR, exc)
 
     async def aclose(self) -> None:
         """Stop the producer, close the source on its thread, and wait for both.
