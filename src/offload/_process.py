@@ -580,7 +580,8 @@ def _reset_after_fork() -> None:
         pool._workers, pool._dying = [], []
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _stop_pool(ref: weakref.ref[ProcessPool]) -> None:

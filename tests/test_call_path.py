@@ -1,0 +1,179 @@
+"""The parts of the call path that no single executor kind shows: counters, threads, imports."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+import offload
+from offload import _stats
+
+from .conftest import WAIT
+
+
+def test_counts_of_a_thread_that_ended_are_kept() -> None:
+    """A row of counters outlives its thread: it is folded into the totals once the thread ends."""
+    stats = _stats.Stats("x")
+    thread = threading.Thread(target=lambda: [stats.add(_stats.COMPLETED) for _ in range(100)])
+    thread.start()
+    thread.join(WAIT)
+    stats.add(_stats.COMPLETED)
+    assert stats.totals()[_stats.COMPLETED] == 101
+    assert len(stats.rows) == 1  # the ended thread's row was folded away
+    assert stats.totals()[_stats.COMPLETED] == 101  # and counted once
+
+
+def test_counters_lose_nothing_under_forced_interleavings() -> None:
+    """Eight threads counting at once, switching every microsecond, add up exactly."""
+    stats = _stats.Stats("x")
+    start = threading.Event()
+
+    def count() -> None:
+        start.wait(WAIT)
+        for _ in range(20_000):
+            stats.add(_stats.SUBMITTED)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=count) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        start.set()
+        for thread in threads:
+            thread.join(WAIT)
+    finally:
+        sys.setswitchinterval(interval)
+    assert stats.totals()[_stats.SUBMITTED] == 160_000
+
+
+def test_cancelled_is_answered_deep_inside_the_call() -> None:
+    """``offload.cancelled()`` works from any depth of the call, with no frame walking."""
+
+    def deep(n: int) -> bool:
+        return offload.cancelled() if n == 0 else deep(n - 1)
+
+    async def main() -> bool:
+        return await offload.offload(deep, executor="io")(200)
+
+    assert asyncio.run(main()) is False
+
+
+def test_cancelled_outside_a_call_says_why() -> None:
+    """On a plain thread, or on the loop, ``offload.cancelled()`` raises RuntimeError."""
+    with pytest.raises(RuntimeError, match="only works inside a function running through"):
+        offload.cancelled()
+    outcome: list[BaseException] = []
+
+    def on_a_thread() -> None:
+        try:
+            offload.cancelled()
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=on_a_thread)
+    thread.start()
+    thread.join(WAIT)
+    assert len(outcome) == 1
+
+
+def test_a_refused_thread_leaves_the_pool_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the OS refuses a new thread, the pool carries on with the threads it has."""
+    pool = offload.ThreadPool(4, name="refused")
+    real_start = threading.Thread.start
+    started = 0
+
+    def start(self: threading.Thread) -> None:
+        nonlocal started
+        if self.name.startswith("refused_") and started >= 1:
+            raise RuntimeError("can't start new thread")
+        started += 1
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(offload.offload(abs, executor=pool)(-i) for i in range(20)))
+
+    try:
+        assert asyncio.run(main()) == list(range(20))
+    finally:
+        monkeypatch.undo()
+        pool.shutdown(wait=True)  # joins the one thread it has; never a thread it lost
+    assert started == 1
+
+
+def test_a_pool_with_no_thread_refuses_the_call_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no thread at all, the call raises the OS's refusal instead of waiting forever."""
+    pool = offload.ThreadPool(2, name="none")
+
+    def start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> None:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        try:
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                offload.offload(abs, executor=pool)(-1)
+        finally:
+            monkeypatch.undo()
+        assert await offload.offload(abs, executor=pool)(-2) == 2  # it grows once it can
+
+    asyncio.run(main())
+    pool.shutdown(wait=True)
+
+
+def test_a_call_racing_shutdown_runs_or_fails_but_never_hangs() -> None:
+    """Calls made while another thread shuts the pool down each end: run, or refused."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(50):
+            pool = offload.ThreadPool(2)
+            fn = offload.offload(abs, executor=pool)
+
+            async def main(pool: offload.ThreadPool = pool, fn: Any = fn) -> None:
+                futures = [fn(-1) for _ in range(4)]  # the threads are started
+                stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": False})
+                stopper.start()
+                for _ in range(200):
+                    try:
+                        futures.append(fn(-1))
+                    except offload.ExecutorShutdownError:
+                        break
+                stopper.join(WAIT)
+                done, pending = await asyncio.wait(futures, timeout=WAIT)
+                assert not pending
+                for future in done:
+                    assert future.cancelled() or future.exception() is None or isinstance(
+                        future.exception(), offload.ExecutorShutdownError
+                    )
+
+            asyncio.run(main())
+            pool.shutdown(wait=True)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.mark.timeout(60)
+def test_import_works_where_there_is_no_fork() -> None:
+    """On a platform without ``os.register_at_fork`` (Windows), ``import offload`` works."""
+    # The standard library's own modules guard nothing; they are imported first.
+    code = (
+        "import asyncio, concurrent.futures.process, logging, multiprocessing.util, os, "
+        "random, socket, tornado.web, wrapt; del os.register_at_fork; import offload; "
+        "print(asyncio.run(offload.offload(abs)(-3)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "3"), done.stderr
