@@ -166,8 +166,12 @@ def test_import_works_where_there_is_no_fork() -> None:
     # The standard library's own modules guard nothing; they are imported first.
     code = (
         "import asyncio, concurrent.futures.process, logging, multiprocessing.util, os, "
-        "random, socket, tornado.web, wrapt; del os.register_at_fork; import offload; "
-        "print(asyncio.run(offload.offload(abs)(-3)))"
+        "random, socket, tornado.web, wrapt\n"
+        "del os.register_at_fork\n"
+        "import offload\n"
+        "async def main():\n"
+        "    return await offload.offload(abs)(-3)\n"
+        "print(asyncio.run(main()))\n"
     )
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
