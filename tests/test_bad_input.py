@@ -49,7 +49,7 @@ def test_an_executor_class_is_refused_with_what_to_pass_instead() -> None:
         lambda: offload.offload(executor=ThreadPoolExecutor),  # type: ignore[call-overload]
         lambda: offload.offload(ThreadPoolExecutor),
     ):
-        with pytest.raises(TypeError, match="pass an instance.*or register a factory"):
+        with pytest.raises(TypeError, match=r"pass an instance.*or register a factory"):
             attempt()
 
 

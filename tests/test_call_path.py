@@ -19,7 +19,12 @@ from .conftest import WAIT
 def test_counts_of_a_thread_that_ended_are_kept() -> None:
     """A row of counters outlives its thread: it is folded into the totals once the thread ends."""
     stats = _stats.Stats("x")
-    thread = threading.Thread(target=lambda: [stats.add(_stats.COMPLETED) for _ in range(100)])
+
+    def count() -> None:
+        for _ in range(100):
+            stats.add(_stats.COMPLETED)
+
+    thread = threading.Thread(target=count)
     thread.start()
     thread.join(WAIT)
     stats.add(_stats.COMPLETED)
@@ -150,8 +155,10 @@ def test_a_call_racing_shutdown_runs_or_fails_but_never_hangs() -> None:
                 done, pending = await asyncio.wait(futures, timeout=WAIT)
                 assert not pending
                 for future in done:
-                    assert future.cancelled() or future.exception() is None or isinstance(
-                        future.exception(), offload.ExecutorShutdownError
+                    assert (
+                        future.cancelled()
+                        or future.exception() is None
+                        or isinstance(future.exception(), offload.ExecutorShutdownError)
                     )
 
             asyncio.run(main())
@@ -173,7 +180,7 @@ def test_import_works_where_there_is_no_fork() -> None:
         "    return await offload.offload(abs)(-3)\n"
         "print(asyncio.run(main()))\n"
     )
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 - this interpreter, with our own code
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
         text=True,

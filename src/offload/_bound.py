@@ -59,9 +59,7 @@ class Bound:
         self.limit: int | None = None
         self.when_full: WhenFull = "wait"
         self.pending = 0  # calls holding a slot
-        self.waiters: collections.OrderedDict[asyncio.Future[Any], Call] = (
-            collections.OrderedDict()
-        )
+        self.waiters: collections.OrderedDict[asyncio.Future[Any], Call] = collections.OrderedDict()
 
     def configure(self, limit: int | None, when_full: WhenFull) -> None:
         """Apply a registration's bound; a raised or removed limit lets waiting calls in now."""
@@ -123,7 +121,7 @@ class Bound:
             route = self.route_now()
             route.send_admitted(call)
         except BaseException as exc:  # shut down, or its factory failed: the call fails
-            fail_unstarted(call[:HOLDS] + (False,), exc)
+            fail_unstarted((*call[:HOLDS], False), exc)
             return False
         return True
 
@@ -153,4 +151,3 @@ def _gone(call: Call) -> None:
     stats.add(DROPPED)
     if call[FUTURE].cancelled():
         stats.add(CANCELLED)
-

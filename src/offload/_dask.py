@@ -8,7 +8,6 @@ so awaiting never blocks the loop; cancelling the Future cancels the task.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 import uuid

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pickle
 import signal
-from typing import Any
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 
 class UnknownExecutorError(LookupError):
@@ -70,7 +70,9 @@ class WorkerDiedError(BrokenProcessPool):
         <Signals.SIGKILL: 9>
     """
 
-    def __init__(self, message: str, exitcode: int | None = None, *, pid: int | None = None) -> None:
+    def __init__(
+        self, message: str, exitcode: int | None = None, *, pid: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
         #: The process id of the worker that died, where the executor says.

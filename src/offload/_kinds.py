@@ -117,24 +117,24 @@ class OwnThreads(Kind):
 
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor)
-        self.send = self.executor._put  # type: ignore[method-assign]
+        self.send = self.executor._put  # type: ignore[method-assign,assignment]
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:
         return isinstance(executor, ThreadPool)
 
-    def join(self, timeout: float | None) -> bool:  # noqa: D102
+    def join(self, timeout: float | None) -> bool:
         return self.executor._join(timeout)
 
-    def give_up(self, error: Any) -> None:  # noqa: D102
+    def give_up(self, error: Any) -> None:
         self.executor._give_up(error)
 
 
 class Threads(Kind):
-    """Executors that run calls on threads of this process: a stdlib
-    ``ThreadPoolExecutor``, an [`AffineThread`][offload.AffineThread].
+    """Executors that run calls on threads of this process.
 
-    The call travels in a ``Held``: if the pool drops it unrun, it ends as never run.
+    A stdlib ``ThreadPoolExecutor``, an [`AffineThread`][offload.AffineThread]. The
+    call travels in a ``Held``: if the pool drops it unrun, it ends as never run.
     """
 
     any_thread = True
@@ -142,10 +142,10 @@ class Threads(Kind):
     on_timeout = OwnThreads.on_timeout
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:
         return isinstance(executor, (ThreadPoolExecutor, AffineThread))
 
-    def send(self, call: Call) -> None:  # noqa: D102
+    def send(self, call: Call) -> None:
         self.executor.submit(run_held, Held(call))
 
 
@@ -161,10 +161,10 @@ class OwnProcesses(Kind):
         self.send = self.executor._send  # type: ignore[method-assign]
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:
         return isinstance(executor, ProcessPool)
 
-    def join(self, timeout: float | None) -> bool:  # noqa: D102
+    def join(self, timeout: float | None) -> bool:
         return self.executor._join(timeout)
 
 
@@ -179,7 +179,7 @@ class Cluster(Kind):
         self.send = self.executor._send  # type: ignore[method-assign]
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:
         return isinstance(executor, DaskExecutor)
 
 
@@ -202,7 +202,7 @@ class StdProcesses(Kind):
     executor: ProcessPoolExecutor
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:
         return isinstance(executor, ProcessPoolExecutor)
 
     def send(self, call: Call) -> None:
@@ -284,14 +284,16 @@ class Foreign(Kind):
     """
 
     @staticmethod
-    def accepts(executor: Executor) -> bool:  # noqa: D102
+    def accepts(executor: Executor) -> bool:  # noqa: ARG004 - the last kind takes any
         return True
 
     @property
     def on_timeout(self) -> str:  # type: ignore[override]  # names the executor
-        return f"it may run on in {self.executor!r}, which offload cannot stop; its outcome is dropped"
+        return (
+            f"it may run on in {self.executor!r}, which offload cannot stop; its outcome is dropped"
+        )
 
-    def send(self, call: Call) -> None:  # noqa: D102
+    def send(self, call: Call) -> None:
         portable = Portable(call, self.executor)
         pool_future = self.executor.submit(portable)
         pool_future.add_done_callback(portable.relay)
@@ -372,4 +374,3 @@ def wait_for_all(kinds: dict[str, Kind], timeout: float | None) -> dict[str, Kin
         if not kind.join(remaining):
             stuck[name] = kind
     return stuck
-

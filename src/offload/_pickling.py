@@ -12,6 +12,7 @@ or class it was bound to. The worker looks the name up and calls its
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import sys
@@ -322,7 +323,7 @@ def _describe(exc: BaseException) -> str:
     """``Type: message``, even for an exception whose ``str()`` raises."""
     try:
         message = str(exc)
-    except BaseException:  # noqa: BLE001  # an exception that cannot be printed still fails its call
+    except BaseException:  # an exception that cannot be printed still fails its call
         message = "<its str() raised>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -335,11 +336,11 @@ def pack_exception(exc: BaseException, name: str) -> bytes:
     """
     try:
         text = "".join(traceback.format_exception(exc))
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         text = f"{_describe(exc)} (its traceback could not be formatted)\n"
     try:
         return pickle.dumps((exc, text), PROTOCOL)
-    except BaseException as err:  # noqa: BLE001
+    except BaseException as err:
         substitute = RuntimeError(
             f"{name} raised {_describe(exc)} in the worker process, and that exception "
             f"cannot be pickled ({_describe(err)})"
@@ -355,16 +356,15 @@ def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
     try:
         exc: BaseException
         exc, text = pickle.loads(data)  # noqa: S301  # from a worker we started
-    except BaseException as err:  # noqa: BLE001  # a BaseException too: fail the call, not the pool
+    except BaseException as err:  # a BaseException too: fail the call, not the pool
         return NotPicklableError(
             f"{name} raised an exception in the worker process that cannot be unpickled "
             f"here ({_describe(err)})"
         )
     if not isinstance(exc.__cause__, RemoteTraceback):
-        try:
+        # An exception that refuses attributes comes back as it is.
+        with contextlib.suppress(BaseException):
             exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-        except BaseException:  # noqa: BLE001, S110  # it refuses attributes: it comes back as it is
-            pass
     return exc
 
 
@@ -386,7 +386,7 @@ def run_shipment(data: bytes | memoryview, name: str) -> bytes:
     """
     try:
         return RESULT + pack_result(run_packed(data, name), name)
-    except BaseException as exc:  # noqa: BLE001  # every outcome goes back to the caller
+    except BaseException as exc:  # every outcome goes back to the caller
         return ERROR + pack_exception(exc, name)
 
 

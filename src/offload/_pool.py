@@ -29,8 +29,11 @@ _pool_numbers = itertools.count()
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may use: ``os.process_cpu_count()`` where it exists (3.13+),
-    else the CPUs it may run on, else ``os.cpu_count()``."""
+    """The CPUs this process may use.
+
+    ``os.process_cpu_count()`` where it exists (3.13+, it respects CPU affinity),
+    else the CPUs this process may run on, else ``os.cpu_count()``.
+    """
     counter = getattr(os, "process_cpu_count", None)
     if counter is not None:
         return counter() or 1

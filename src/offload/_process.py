@@ -12,7 +12,6 @@ caller's loop through its delivery queue.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import contextlib
@@ -49,7 +48,6 @@ _pool_numbers = itertools.count()
 
 #: Environment variable choosing the start method of the built-in ``"cpu"`` pool.
 START_METHOD_VARIABLE = "OFFLOAD_CPU_START_METHOD"
-
 
 
 def default_start_method() -> str:

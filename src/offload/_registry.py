@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import time
 import warnings
 import weakref
 from asyncio import Future
@@ -86,7 +85,17 @@ def _sends_by_pickle(executor_or_factory: object) -> bool:
 class _Entry:
     """One registration of a name: its executor (made lazily from its factory) and route."""
 
-    __slots__ = ("bound", "closed", "executor", "factory", "is_default", "lock", "name", "route", "stats")
+    __slots__ = (
+        "bound",
+        "closed",
+        "executor",
+        "factory",
+        "is_default",
+        "lock",
+        "name",
+        "route",
+        "stats",
+    )
 
     def __init__(
         self,

@@ -16,12 +16,24 @@ it to the kind's ``send``; nothing on the way asks what kind the executor is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
-from ._call import DELIVERY, FUTURE, HOLDS, QUEUED_AT, ROUTE, Call, fail_unstarted, never_ran, refused, run
+from ._call import (
+    DELIVERY,
+    FUTURE,
+    HOLDS,
+    QUEUED_AT,
+    ROUTE,
+    Call,
+    fail_unstarted,
+    never_ran,
+    refused,
+    run,
+)
 from ._delivery import _deliveries, delivery_for, settable
 from ._kinds import kind_of
 from ._stats import SAMPLE_MASK, SUBMITTED, Stats, now
@@ -53,7 +65,7 @@ class Route:
         name = "unnamed" if self.stats is None else repr(self.stats.name)
         return f"<offload route {name} -> {self.executor!r}>"
 
-    def call(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
+    def call(
         self,
         loop: asyncio.AbstractEventLoop,
         fn: Callable[..., Any],
@@ -107,12 +119,12 @@ class Route:
         timeout: float | None,
     ) -> asyncio.Future[Any]:
         bound: Bound = self.bound  # type: ignore[assignment]
-        call = (
+        call: Call = (
             run, never_ran, future, delivery_for(loop), copy_context(),
             fn, args, kwargs, self, now(), False,
         )  # fmt: skip
         if bound.admit(call):  # else it waits in line (OverloadedError if it may not)
-            call = call[:HOLDS] + (True,)
+            call = (*call[:HOLDS], True)
             try:
                 self.send(call)
             except BaseException:
@@ -131,7 +143,7 @@ class Route:
         Raises:
             BaseException: the call could not be sent; the caller frees its slot.
         """
-        call = call[:ROUTE] + (self, call[QUEUED_AT], True)
+        call = (*call[:ROUTE], self, call[QUEUED_AT], True)
         if self.kind.any_thread:
             self.send(call)
             return
@@ -158,8 +170,6 @@ def route_to(executor: Executor) -> Route:
     route: Route | None = getattr(executor, "_offload_route", None)
     if route is None:
         route = Route(executor)
-        try:
+        with contextlib.suppress(AttributeError, TypeError):  # slotted or frozen: per call
             executor._offload_route = route  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):  # slotted or frozen: made per call instead
-            pass
     return route

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ._call import cancelled
 from ._errors import OverloadedError
-from ._stats import ExecutorStats
 from ._pool import ThreadPool
 from ._process import ProcessPool
 from ._registry import Registry
-from ._call import cancelled
+from ._stats import ExecutorStats
 
 #: The names the soak registers, with their ``register`` options.
 THREADS, WAITS, SHEDS, PROCESSES = "soak.threads", "soak.waits", "soak.sheds", "soak.processes"

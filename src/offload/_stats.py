@@ -232,7 +232,7 @@ def workers_of(executor: object) -> int | None:
     return None
 
 
-def snapshot(  # noqa: PLR0917 - one name's parts, in the order ExecutorStats lists them
+def snapshot(
     stats: Stats,
     executor: Executor | None,
     max_pending: int | None,
