@@ -121,12 +121,15 @@ class OwnThreads(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
         return isinstance(executor, ThreadPool)
 
     def join(self, timeout: float | None) -> bool:
+        """Wait for the pool's threads or processes; true if they ended in time."""
         return self.executor._join(timeout)
 
     def give_up(self, error: Any) -> None:
+        """Fail the calls still queued or running; a running thread runs on."""
         self.executor._give_up(error)
 
 
@@ -143,9 +146,11 @@ class Threads(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
         return isinstance(executor, (ThreadPoolExecutor, AffineThread))
 
     def send(self, call: Call) -> None:
+        """Hand ``call`` to the executor."""
         self.executor.submit(run_held, Held(call))
 
 
@@ -162,9 +167,11 @@ class OwnProcesses(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
         return isinstance(executor, ProcessPool)
 
     def join(self, timeout: float | None) -> bool:
+        """Wait for the pool's threads or processes; true if they ended in time."""
         return self.executor._join(timeout)
 
 
@@ -180,6 +187,7 @@ class Cluster(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
         return isinstance(executor, DaskExecutor)
 
 
@@ -203,6 +211,7 @@ class StdProcesses(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
         return isinstance(executor, ProcessPoolExecutor)
 
     def send(self, call: Call) -> None:
@@ -285,6 +294,7 @@ class Foreign(Kind):
 
     @staticmethod
     def accepts(executor: Executor) -> bool:  # noqa: ARG004 - the last kind takes any
+        """Whether ``executor`` is of this kind."""
         return True
 
     @property
@@ -294,6 +304,7 @@ class Foreign(Kind):
         )
 
     def send(self, call: Call) -> None:
+        """Hand ``call`` to the executor."""
         portable = Portable(call, self.executor)
         pool_future = self.executor.submit(portable)
         pool_future.add_done_callback(portable.relay)
