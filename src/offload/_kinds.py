@@ -299,6 +299,7 @@ class Foreign(Kind):
 
     @property
     def on_timeout(self) -> str:  # type: ignore[override]  # names the executor
+        """What a timeout does to a running call, naming the executor."""
         return (
             f"it may run on in {self.executor!r}, which offload cannot stop; its outcome is dropped"
         )
