@@ -183,23 +183,28 @@ class AffineThread(Executor):
         Queued jobs still run unless ``cancel_futures`` is true. Waiting is
         skipped when called from the executor's own thread.
         """
+        dropped: list[_Job] = []
         with self._lock:
-            if self._closed:
-                started = self._thread.ident is not None
-            else:
+            if not self._closed:
                 self._closed = True
                 if cancel_futures:
-                    self._cancel_queued()
+                    dropped = self._take_queued()
                 self._jobs.put(None)
-                started = self._thread.ident is not None
+            started = self._thread.ident is not None
+        # Outside the lock: a dropped job may give back a slot that hands a
+        # waiting call to this very executor (which then refuses it).
+        dropped.reverse()
+        while dropped:  # each job dropped as it is cancelled, oldest first
+            dropped.pop()[0].cancel()
         if wait and started and not self.is_current():
             self._thread.join()
 
-    def _cancel_queued(self) -> None:
+    def _take_queued(self) -> list[_Job]:
+        jobs = []
         while True:
             try:
                 job = self._jobs.get(block=False)
             except queue.Empty:
-                return
+                return jobs
             if job is not None:
-                job[0].cancel()
+                jobs.append(job)

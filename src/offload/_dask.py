@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ._call import ARGS, FN, FUTURE, KWARGS, ROUTE, Call, began, finish
 from ._delivery import CANCELLED, settable
 from ._errors import ExecutorShutdownError, name_of
-from ._pickling import Ref, call_original, ship_target
+from ._pickling import Ref, call_original, run_remote, ship_target, unpack_reply
 
 if TYPE_CHECKING:
     import distributed
@@ -88,7 +88,12 @@ class DaskExecutor(Executor):
         return f"<offload.DaskExecutor {address!r}{state}>"
 
     def _submit_task(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        packed: bool = False,
     ) -> tuple[Any, str]:
         if self._closed:
             raise ExecutorShutdownError(f"{self!r} was shut down and takes no new calls")
@@ -96,12 +101,16 @@ class DaskExecutor(Executor):
         name = target.qualname if isinstance(target, Ref) else name_of(fn)
         key = f"{name.replace('.', '-')}-{uuid.uuid4().hex}"
         # The call's own arguments travel packed, so none can clash with submit's.
-        task = self._client.submit(call_original, target, args, kwargs, key=key, pure=False)
+        # An offloaded call's outcome comes back packed (``run_remote``).
+        if packed:
+            task = self._client.submit(run_remote, target, args, kwargs, name, key=key, pure=False)
+        else:
+            task = self._client.submit(call_original, target, args, kwargs, key=key, pure=False)
         return task, name
 
     def _send(self, call: Call) -> None:
         """Submit an offloaded call as a task; its outcome goes to the caller's loop."""
-        task, _name = self._submit_task(call[FN], call[ARGS], call[KWARGS])
+        task, name = self._submit_task(call[FN], call[ARGS], call[KWARGS], packed=True)
         client = self._client
         if client.loop is None:
             raise ExecutorShutdownError(f"{self!r}: its client is closed")
@@ -109,7 +118,7 @@ class DaskExecutor(Executor):
         started = began(call, stats, waited=False) if stats is not None else 0.0
         # Wait on the client's own loop: many results are fetched at once there,
         # and the caller's loop only hears of the outcome through its delivery.
-        client.loop.add_callback(_relay, client, task, call, started)
+        client.loop.add_callback(_relay, client, task, call, name, started)
         call[FUTURE].add_done_callback(functools.partial(self._settled, task))
 
     def _settled(self, task: Any, _future: object) -> None:
@@ -140,17 +149,19 @@ class DaskExecutor(Executor):
             self._client.close()  # type: ignore[no-untyped-call]
 
 
-async def _relay(client: distributed.Client, task: Any, call: Call, started: float) -> None:
+async def _relay(
+    client: distributed.Client, task: Any, call: Call, name: str, started: float
+) -> None:
     """On the client's loop: wait for the task, fetch its outcome, end the call with it."""
     try:
-        value = await client.gather(task, asynchronous=True)  # type: ignore[no-untyped-call]
+        reply = await client.gather(task, asynchronous=True)  # type: ignore[no-untyped-call]
     except BaseException as exc:
         finish(call, None, CANCELLED if task.cancelled() else settable(exc), started)
         # The traceback keeps this frame: drop what would tie the task, the
         # call and its exception into a cycle (and keep the task alive).
         del call, task, exc
     else:
-        finish(call, value, None, started)
+        finish(call, *unpack_reply(reply, name), started)
 
 
 def _relay_concurrent(future: ConcurrentFuture[Any], task: Any) -> None:

@@ -14,6 +14,8 @@ Whatever the kind, a call ends through ``_call.finish`` or
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import threading
 import time
@@ -44,6 +46,7 @@ from ._errors import NotPicklableError, WorkerDiedError, describe_exit
 from ._pickling import RemoteJob, pack_call, run_shipment, ship, ship_target, unpack_reply
 from ._pool import ThreadPool
 from ._process import ProcessPool
+from ._stats import workers_of
 
 #: Called with a broken executor; the registry installs its replacement hook here.
 broken_hooks: list[Any] = []
@@ -198,16 +201,32 @@ class StdProcesses(Kind):
     the pool, and a result the caller cannot load fails its call where the
     pool would break. A broken pool is reported as
     [`WorkerDiedError`][offload.WorkerDiedError] and replaced from its factory.
-    Such a pool cannot stop one call: a call given up while it runs runs on,
-    holding its slot until it ends.
+
+    The pool is handed no more calls than it has workers; the rest wait in
+    offload's backlog. The pool moves what it is handed to its workers ahead
+    of time, and a call it has moved can no longer be withdrawn: so a call
+    given up while it waits in the backlog never runs. A call given up while
+    it runs runs on (the pool cannot stop one call), holding its slot until
+    it ends.
     """
 
     pickles = True
+    any_thread = True
     on_timeout = (
         "offload cannot stop one call on a standard ProcessPoolExecutor, so it runs on "
         "and its outcome is dropped (offload.ProcessPool terminates it)"
     )
     executor: ProcessPoolExecutor
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor)
+        self.lock = threading.Lock()
+        self.backlog: collections.deque[Call] = collections.deque()
+        self.in_flight = 0  # calls the pool holds
+        self.limit = workers_of(executor) or 1
+        self.closing = False  # stop() was asked: shut the pool down once the backlog is sent
+        self.sent = threading.Event()  # closing, and the backlog is empty
+        self.sent.set()
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
@@ -215,7 +234,22 @@ class StdProcesses(Kind):
         return isinstance(executor, ProcessPoolExecutor)
 
     def send(self, call: Call) -> None:
-        """Pickle the call here and submit the bytes.
+        """Hand ``call`` to the pool if a worker is free, else keep it in the backlog."""
+        with self.lock:
+            if self.in_flight >= self.limit:
+                self.backlog.append(call)
+                return
+            self.in_flight += 1
+        try:
+            sent = self._submit(call)
+        except BaseException:
+            self._freed()
+            raise
+        if not sent:
+            self._freed()
+
+    def _submit(self, call: Call) -> bool:
+        """Pickle the call here and submit the bytes; false if the call failed instead.
 
         Only what the pool needs is done before ``submit``: one call at a time,
         work before it adds to every call's latency, while work after it runs
@@ -227,16 +261,16 @@ class StdProcesses(Kind):
             data = pack_call(target, call[ARGS], call[KWARGS], name)
         except NotPicklableError as exc:
             fail_unstarted(call, exc)
-            return
+            return False
         try:
             pool_future = executor.submit(run_shipment, data, name)
         except BrokenProcessPool as exc:  # it broke while idle
             fail_unstarted(call, self._died(name, exc))
-            return
+            return False
         stats = call[ROUTE].stats
-        started = began(call, stats, waited=False) if stats is not None else 0.0
+        started = began(call, stats) if stats is not None else 0.0
         pool_future.add_done_callback(functools.partial(self._relay, call, name, started))
-        call[FUTURE].add_done_callback(functools.partial(_cancel_pool_future, pool_future))
+        return True
 
     def _relay(
         self, call: Call, name: str, started: float, pool_future: ConcurrentFuture[Any]
@@ -247,15 +281,76 @@ class StdProcesses(Kind):
         except BaseException as exc:
             if pool_future.cancelled():
                 finish(call, None, CANCELLED, started)
+                self._freed()
                 return
-            if isinstance(exc, BrokenProcessPool):
+            broken = isinstance(exc, BrokenProcessPool)
+            if broken:
                 exc = self._died(name, exc)
             elif isinstance(exc, NotPicklableError) and exc.__context__ is not None:
                 exc.__cause__ = exc.__context__  # the pool overwrote the cause with its traceback
             finish(call, None, settable(exc), started)
             del exc, call
+            self._freed(broken=broken)
             return
         finish(call, *unpack_reply(data, name), started)
+        self._freed()
+
+    def _freed(self, *, broken: bool = False) -> None:
+        """A call left the pool: hand it the oldest waiting call not given up."""
+        while True:
+            with self.lock:
+                call = self.backlog.popleft() if self.backlog else None
+                if call is None:
+                    self.in_flight -= 1
+                    if self.closing:
+                        self.sent.set()
+                    return
+            if broken:
+                # Not submitted from here: a broken pool reports under the lock
+                # that submit takes. Its calls fail, as the pool's own would.
+                fail_unstarted(call, WorkerDiedError(f"{self.executor!r} broke before it ran"))
+            elif call[FUTURE].done():  # given up while it waited: it never runs
+                never_ran(call)
+            else:
+                try:
+                    if self._submit(call):
+                        return  # it holds the pool's place now
+                except RuntimeError:  # the pool was shut down: it dropped the call unrun
+                    never_ran(call)
+                except BaseException as exc:
+                    fail_unstarted(call, exc)
+
+    def stop(self, cancel_futures: bool) -> None:
+        """Drop or keep the backlog; shut the pool down once nothing is left to send."""
+        with self.lock:
+            self.closing = True
+            dropped = list(self.backlog) if cancel_futures else []
+            if cancel_futures:
+                self.backlog.clear()
+            if not self.backlog:
+                self.sent.set()
+            else:
+                self.sent.clear()
+        for call in dropped:
+            never_ran(call)
+        if self.sent.is_set():
+            super().stop(cancel_futures)
+        else:  # the last call sent from the backlog shuts it down
+            threading.Thread(
+                target=self._stop_when_sent, args=(cancel_futures,), daemon=True
+            ).start()
+
+    def _stop_when_sent(self, cancel_futures: bool) -> None:
+        self.sent.wait()
+        super().stop(cancel_futures)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the backlog to be sent, then for the pool."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.sent.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return super().join(remaining)
 
     def _died(self, name: str, cause: BaseException) -> WorkerDiedError:
         executor = self.executor
@@ -370,11 +465,18 @@ KINDS: tuple[type[Kind], ...] = (OwnThreads, Threads, OwnProcesses, StdProcesses
 
 
 def kind_of(executor: Executor) -> Kind:
-    """The kind of ``executor``, made once per Route."""
-    for kind in KINDS:
-        if kind.accepts(executor):
-            return kind(executor)
-    raise AssertionError("Foreign accepts every executor")  # pragma: no cover
+    """The kind of ``executor``, made on first use and kept on it.
+
+    So every route to one executor (several names, or none) shares what the
+    kind keeps, such as a standard process pool's backlog.
+    """
+    kind: Kind | None = getattr(executor, "_offload_kind", None)
+    if kind is not None and kind.executor is executor:
+        return kind
+    kind = next(k for k in KINDS if k.accepts(executor))(executor)
+    with contextlib.suppress(AttributeError, TypeError):  # slotted or frozen: one per route
+        executor._offload_kind = kind  # type: ignore[attr-defined]
+    return kind
 
 
 def wait_for_all(kinds: dict[str, Kind], timeout: float | None) -> dict[str, Kind]:

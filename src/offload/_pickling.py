@@ -118,7 +118,7 @@ def ship_target(fn: Any) -> Any:
                 f"{qualname} cannot be sent to a worker process: {type(stored).__name__} "
                 "is applied on top of offload, so the name leads to the "
                 f"{type(stored).__name__}, and a worker would call the offloaded wrapper "
-                "again. Apply offload last (outermost): @offload(...) above "
+                "again: apply offload last (outermost), @offload(...) above "
                 f"@{type(stored).__name__}."
             )
     if isinstance(fn, wrapt.PartialCallableObjectProxy):
@@ -386,6 +386,19 @@ def run_shipment(data: bytes | memoryview, name: str) -> bytes:
     """
     try:
         return RESULT + pack_result(run_packed(data, name), name)
+    except BaseException as exc:  # every outcome goes back to the caller
+        return ERROR + pack_exception(exc, name)
+
+
+def run_remote(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bytes:
+    """On a cluster worker: run the call; its outcome packed as ``run_shipment`` packs it.
+
+    The arguments come by the cluster's own serialisation; the outcome goes
+    back as bytes, so anything a call raises or returns fails only its call,
+    with the same clear errors as on a process pool. It never raises.
+    """
+    try:
+        return RESULT + pack_result(call_original(target, args, kwargs), name)
     except BaseException as exc:  # every outcome goes back to the caller
         return ERROR + pack_exception(exc, name)
 
