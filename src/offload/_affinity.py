@@ -200,7 +200,7 @@ class AffineThread(Executor):
             self._thread.join()
 
     def _take_queued(self) -> list[_Job]:
-        jobs = []
+        jobs: list[_Job] = []
         while True:
             try:
                 job = self._jobs.get(block=False)

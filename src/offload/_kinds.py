@@ -422,10 +422,15 @@ class Portable:
         self.executor = executor
 
     def __call__(self) -> None:
-        call, self.call = self.call, None
-        if call is None:
+        # No local names the call: a traceback through run() links to this
+        # frame, which would tie the call, its Future and the exception in a cycle.
+        if self.call is None:
             raise RuntimeError("an offloaded call runs once")
-        run(call)
+        run(self._take())
+
+    def _take(self) -> Call:
+        call, self.call = self.call, None
+        return call  # type: ignore[return-value]  # checked by the caller
 
     def __reduce__(self) -> tuple[type[RemoteJob], tuple[Any, ...]]:
         if self.call is None:
