@@ -24,12 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._call import cancelled
-from ._errors import OverloadedError
-from ._pool import ThreadPool
-from ._process import ProcessPool
-from ._registry import Registry
-from ._stats import ExecutorStats
+from offload import ExecutorStats, OverloadedError, ProcessPool, Registry, ThreadPool, cancelled
 
 #: The names the soak registers, with their ``register`` options.
 THREADS, WAITS, SHEDS, PROCESSES = "soak.threads", "soak.waits", "soak.sheds", "soak.processes"
