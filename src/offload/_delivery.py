@@ -92,9 +92,11 @@ class Delivery:
             if future.done():
                 # Given up while it ran: the late outcome is dropped. A
                 # cancelled call is counted here; a timed-out one by its timer.
-                if stats is not None and future.cancelled():
+                if stats is not None and future.cancelled() and type(exc) is not GaveUp:
                     stats.add(CANCELLED_COUNT)
                 continue
+            if type(exc) is GaveUp:
+                exc = exc.error
             if exc is None:
                 future.set_result(result)
                 if stats is not None:  # stats.add, written out: once per call
@@ -120,10 +122,23 @@ class Delivery:
 def _fate(future: asyncio.Future[Any], exc: Any) -> int | None:
     """The counter for an outcome the loop will never settle, as ``drain`` would count it."""
     if future.done():  # a timeout was counted by its timer; only a cancel is left to count
-        return CANCELLED_COUNT if future.cancelled() else None
+        return CANCELLED_COUNT if future.cancelled() and type(exc) is not GaveUp else None
     if exc is None:
         return COMPLETED
     return CANCELLED_COUNT if exc is CANCELLED else FAILED
+
+
+class GaveUp:
+    """An outcome that fails a call still running, which is not the call's own end.
+
+    A shutdown that gives up fails the Future of a call whose thread runs on;
+    if the caller had cancelled it already, the call's own end counts that.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class _Wakeup:

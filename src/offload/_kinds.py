@@ -42,7 +42,7 @@ from ._call import (
 )
 from ._dask import DaskExecutor
 from ._delivery import CANCELLED, settable
-from ._errors import NotPicklableError, WorkerDiedError, describe_exit
+from ._errors import ExecutorShutdownError, NotPicklableError, WorkerDiedError, describe_exit
 from ._pickling import RemoteJob, pack_call, run_shipment, ship, ship_target, unpack_reply
 from ._pool import ThreadPool
 from ._process import ProcessPool
@@ -71,6 +71,9 @@ class Kind:
     on_timeout: ClassVar[str] = "it may run on, and its outcome is dropped"
     #: Time every call, not a sample: right where a call costs far more than the clock.
     times_every_call: ClassVar[bool] = True
+    #: A call that waited for a slot may be sent from whatever thread freed the
+    #: slot. Only for executors whose callbacks never hold their own locks.
+    hand_over_inline: ClassVar[bool] = False
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -112,6 +115,7 @@ class OwnThreads(Kind):
 
     any_thread = True
     times_every_call = False
+    hand_over_inline = True
     on_timeout = (
         "a thread cannot be killed, so the call runs on; offload.cancelled() lets a long "
         "loop in it stop early"
@@ -154,7 +158,12 @@ class Threads(Kind):
 
     def send(self, call: Call) -> None:
         """Hand ``call`` to the executor."""
-        self.executor.submit(run_held, Held(call))
+        held = Held(call)
+        try:
+            self.executor.submit(run_held, held)
+        except BaseException:
+            held.take()  # refused: the caller ends it, not the holder
+            raise
 
 
 class OwnProcesses(Kind):
@@ -221,7 +230,8 @@ class StdProcesses(Kind):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor)
         self.lock = threading.Lock()
-        self.backlog: collections.deque[Call] = collections.deque()
+        # Calls waiting for a worker, each with its shipped target and name.
+        self.backlog: collections.deque[tuple[Call, tuple[Any, str]]] = collections.deque()
         self.in_flight = 0  # calls the pool holds
         self.limit = workers_of(executor) or 1
         self.closing = False  # stop() was asked: shut the pool down once the backlog is sent
@@ -235,20 +245,24 @@ class StdProcesses(Kind):
 
     def send(self, call: Call) -> None:
         """Hand ``call`` to the pool if a worker is free, else keep it in the backlog."""
+        # Refused here, as at the pool, whether the call is sent now or waits.
+        shipped = ship(call[FN], self.executor.__repr__)
+        if getattr(self.executor, "_shutdown_thread", False):
+            raise RuntimeError("cannot schedule new futures after shutdown")
         with self.lock:
             if self.in_flight >= self.limit:
-                self.backlog.append(call)
+                self.backlog.append((call, shipped))
                 return
             self.in_flight += 1
         try:
-            sent = self._submit(call)
+            sent = self._submit(call, *shipped)
         except BaseException:
             self._freed()
             raise
         if not sent:
             self._freed()
 
-    def _submit(self, call: Call) -> bool:
+    def _submit(self, call: Call, target: Any, name: str) -> bool:
         """Pickle the call here and submit the bytes; false if the call failed instead.
 
         Only what the pool needs is done before ``submit``: one call at a time,
@@ -256,7 +270,6 @@ class StdProcesses(Kind):
         as the pool's own threads wake up.
         """
         executor = self.executor
-        target, name = ship(call[FN], executor.__repr__)
         try:
             data = pack_call(target, call[ARGS], call[KWARGS], name)
         except NotPicklableError as exc:
@@ -299,12 +312,13 @@ class StdProcesses(Kind):
         """A call left the pool: hand it the oldest waiting call not given up."""
         while True:
             with self.lock:
-                call = self.backlog.popleft() if self.backlog else None
-                if call is None:
+                waiting = self.backlog.popleft() if self.backlog else None
+                if waiting is None:
                     self.in_flight -= 1
                     if self.closing:
                         self.sent.set()
                     return
+            call, shipped = waiting
             if broken:
                 # Not submitted from here: a broken pool reports under the lock
                 # that submit takes. Its calls fail, as the pool's own would.
@@ -313,10 +327,13 @@ class StdProcesses(Kind):
                 never_ran(call)
             else:
                 try:
-                    if self._submit(call):
+                    if self._submit(call, *shipped):
                         return  # it holds the pool's place now
-                except RuntimeError:  # the pool was shut down: it dropped the call unrun
-                    never_ran(call)
+                except RuntimeError:  # the pool was shut down before the call reached it
+                    if getattr(self.executor, "_cancel_pending_futures", False):
+                        never_ran(call)  # shutdown(cancel_futures=True): dropped unrun
+                    else:
+                        fail_unstarted(call, _shut_before_sent(self.executor))
                 except BaseException as exc:
                     fail_unstarted(call, exc)
 
@@ -324,7 +341,7 @@ class StdProcesses(Kind):
         """Drop or keep the backlog; shut the pool down once nothing is left to send."""
         with self.lock:
             self.closing = True
-            dropped = list(self.backlog) if cancel_futures else []
+            dropped = [call for call, _ in self.backlog] if cancel_futures else []
             if cancel_futures:
                 self.backlog.clear()
             if not self.backlog:
@@ -455,6 +472,14 @@ class Portable:
             replace_broken(self.executor)
         finish(call, None, settable(exc), started)
         del exc, call
+
+
+def _shut_before_sent(executor: Executor) -> ExecutorShutdownError:
+    return ExecutorShutdownError(
+        f"{executor!r} was shut down while this call waited in offload's backlog for one of "
+        "its workers, so it never ran; shut the pool down through offload.shutdown (or "
+        "Registry.shutdown) to let queued calls run first"
+    )
 
 
 def _cancel_pool_future(pool_future: ConcurrentFuture[Any], _future: object) -> None:

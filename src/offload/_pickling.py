@@ -338,6 +338,9 @@ def pack_exception(exc: BaseException, name: str) -> bytes:
         text = "".join(traceback.format_exception(exc))
     except BaseException:
         text = f"{_describe(exc)} (its traceback could not be formatted)\n"
+    # The traceback travels as text. Sent as objects (as tblib, which Dask
+    # installs, makes every pickle do), it would come back as frames in a cycle.
+    exc.with_traceback(None)
     try:
         return pickle.dumps((exc, text), PROTOCOL)
     except BaseException as err:
@@ -361,6 +364,7 @@ def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
             f"{name} raised an exception in the worker process that cannot be unpickled "
             f"here ({_describe(err)})"
         )
+    exc.with_traceback(None)  # see pack_exception: the text is the traceback
     if not isinstance(exc.__cause__, RemoteTraceback):
         # An exception that refuses attributes comes back as it is.
         with contextlib.suppress(BaseException):

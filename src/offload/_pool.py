@@ -20,6 +20,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, ParamSpec, TypeVar
 
 from ._call import DELIVERY, FUTURE, ROUTE, fail_unstarted, run
+from ._delivery import GaveUp
 from ._errors import ExecutorShutdownError
 
 P = ParamSpec("P")
@@ -275,4 +276,5 @@ class ThreadPool(Executor):
 
 def _fail_running(call: Job, error: BaseException) -> None:
     # Fail the Future now; the thread's own outcome, when it comes, is dropped.
-    call[DELIVERY].push(call[FUTURE], None, error, call[ROUTE].stats)
+    # If the caller gave up already, the call's own end counts that: not here.
+    call[DELIVERY].push(call[FUTURE], None, GaveUp(error), call[ROUTE].stats)

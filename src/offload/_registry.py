@@ -321,7 +321,7 @@ class Registry:
             self._entries[name] = entry
         entry.bound.configure(max_pending, when_full)
         if old is not None and old.factory is not None and old.executor is not None:
-            old.executor.shutdown(wait=False)
+            kind_of(old.executor).stop(cancel_futures=False)  # what it holds still runs
 
     def _sends_by_pickle(self, name: str) -> bool:
         """Whether ``name`` is known now to be a process pool (for decoration-time checks)."""

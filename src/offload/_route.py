@@ -144,22 +144,45 @@ class Route:
             BaseException: the call could not be sent; the caller frees its slot.
         """
         call = (*call[:ROUTE], self, call[QUEUED_AT], True)
-        if self.kind.any_thread:
+        if self.kind.hand_over_inline:
             self.send(call)
             return
+        # A slot is often freed inside an executor's own callback, under its
+        # own locks (a standard pool's, since 3.12, while it reports a broken
+        # pool): sending from there could deadlock. The caller's loop sends it.
         loop = call[DELIVERY].loop_ref()
         if loop is None:
             raise RuntimeError("the caller's event loop is gone")
-        loop.call_soon_threadsafe(self._send_on_loop, call)
+        loop.call_soon_threadsafe(_HandOver(self, call))
 
-    def _send_on_loop(self, call: Call) -> None:
+
+class _HandOver:
+    """A waiting call on its way to its loop; if the loop drops it unrun (closed), it fails."""
+
+    __slots__ = ("call", "route")
+
+    def __init__(self, route: Route, call: Call) -> None:
+        self.route = route
+        self.call: Call | None = call
+
+    def __call__(self) -> None:
+        call, self.call = self.call, None
+        if call is None:
+            return
         if call[FUTURE].done():  # given up while the hand-over was on its way
             never_ran(call)
             return
         try:
-            self.send(call)
+            self.route.send(call)
         except BaseException as exc:
             fail_unstarted(call, settable(exc))
+
+    def __del__(self) -> None:
+        call, self.call = self.call, None
+        if call is not None:  # its slot must come back, or the name stays full
+            fail_unstarted(
+                call, RuntimeError("the caller's event loop closed before the call was sent")
+            )
 
 
 def route_to(executor: Executor) -> Route:

@@ -45,6 +45,9 @@ WhenFull = Literal["wait", "fail"]
 SUBMITTED, REJECTED, STARTED, ENDED, DROPPED, COMPLETED, FAILED, CANCELLED, TIMED_OUT = range(9)
 _COUNTERS = 9
 
+#: Rows kept before the rows of ended threads are folded away.
+_PRUNE_AT = 64
+
 now = time.perf_counter
 
 
@@ -105,9 +108,10 @@ class ExecutorStats(TypedDict):
     failed: int
     cancelled: int
     timed_out: int
-    #: Time from the call to the start of its run. Calls that run on a
-    #: standard process pool, a cluster or an executor offload does not know
-    #: are not timed here: offload cannot see them start.
+    #: Time from the call to the start of its run. On a standard process pool,
+    #: to the moment offload hands it to a free worker; calls on a cluster or
+    #: an executor offload does not know are not timed here: offload cannot
+    #: see them start.
     wait: Timings
     #: Time the call ran; where offload cannot see the start, the whole round trip.
     run: Timings
@@ -144,6 +148,8 @@ class Stats:
         """The calling thread's row, made on its first count."""
         row = [0] * _COUNTERS
         with self.lock:
+            if len(self.rows) >= _PRUNE_AT:  # threads come and go: fold the ended ones
+                self._fold_ended()
             self.rows.append((weakref.ref(threading.current_thread()), row))
         self.local.row = row
         return row
@@ -159,20 +165,25 @@ class Stats:
     def totals(self) -> list[int]:
         """Every counter, summed over the threads that counted."""
         with self.lock:
-            kept = []
-            for ref, row in self.rows:
-                thread = ref()
-                if thread is None or not thread.is_alive():  # it writes no more
-                    for i, value in enumerate(row):
-                        self.retired[i] += value
-                else:
-                    kept.append((ref, row))
-            self.rows = kept
+            kept = self._fold_ended()
             totals = list(self.retired)
         for _, row in kept:
             for i, value in enumerate(list(row)):
                 totals[i] += value
         return totals
+
+    def _fold_ended(self) -> list[tuple[weakref.ref[threading.Thread], list[int]]]:
+        # With the lock held: add the rows of ended threads into ``retired``.
+        kept = []
+        for ref, row in self.rows:
+            thread = ref()
+            if thread is None or not thread.is_alive():  # it writes no more
+                for i, value in enumerate(row):
+                    self.retired[i] += value
+            else:
+                kept.append((ref, row))
+        self.rows = kept
+        return kept
 
     def waited(self, wait: float, executor: object) -> None:
         """Record a call's wait for a worker; warn if it was too long."""
@@ -197,9 +208,15 @@ class Stats:
         )
 
     def after_fork(self) -> None:
-        """In a child after ``fork``: the counts go on, from this one thread."""
-        totals = self.totals()
+        """In a child after ``fork``: the counts go on, from this one thread.
+
+        The lock is replaced first: another thread of the parent may have held it.
+        """
         self.lock = threading.Lock()
+        totals = list(self.retired)
+        for _, row in self.rows:
+            for i, value in enumerate(list(row)):
+                totals[i] += value
         self.local = threading.local()
         self.rows = []
         self.retired = totals
