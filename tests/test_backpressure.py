@@ -128,7 +128,7 @@ def test_a_full_name_with_when_full_fail_refuses_at_once(registry: offload.Regis
 
     asyncio.run(main())
     stats = registry.stats()["db"]
-    assert (stats["submitted"], stats["rejected"], stats["completed"]) == (3, 1, 3)
+    assert (stats["submitted"], stats["rejected"], stats["completed"]) == (4, 1, 3)
 
 
 def test_cancelling_a_waiting_call_means_it_never_runs(registry: offload.Registry) -> None:

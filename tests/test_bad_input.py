@@ -42,9 +42,18 @@ def test_non_callables_are_refused_at_decoration(target: object) -> None:
         offload.offload(target)  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize(
-    "spec", [42, "", object(), ThreadPoolExecutor], ids=["int", "empty", "object", "class"]
-)
+def test_an_executor_class_is_refused_with_what_to_pass_instead() -> None:
+    """An Executor class where an executor belongs says to pass an instance or a factory."""
+    for attempt in (
+        lambda: offload.offload(len, executor=ThreadPoolExecutor),  # type: ignore[call-overload]
+        lambda: offload.offload(executor=ThreadPoolExecutor),  # type: ignore[call-overload]
+        lambda: offload.offload(ThreadPoolExecutor),
+    ):
+        with pytest.raises(TypeError, match=r"pass an instance.*or register a factory"):
+            attempt()
+
+
+@pytest.mark.parametrize("spec", [42, "", object()], ids=["int", "empty", "object"])
 def test_bad_executor_specs_are_refused_at_decoration(spec: object) -> None:
     """An executor that is neither a name nor an Executor instance is a TypeError."""
     with pytest.raises(TypeError, match="registered name"):

@@ -22,7 +22,7 @@ async def test_a_flood_of_completions_yields_to_other_callbacks() -> None:
     loop.call_soon(lambda: resolved_when_marker_ran.append(sum(f.done() for f in futures)))
     assert await asyncio.gather(*futures) == list(range(total))
     assert resolved_when_marker_ran == [_delivery.MAX_PER_WAKEUP]
-    assert not delivery._pending
+    assert not delivery.pending
 
 
 async def test_a_flood_through_the_pool_resolves_every_future_once() -> None:
@@ -62,4 +62,4 @@ def test_outcomes_for_a_closed_loop_are_dropped() -> None:
     pool.submit(pushed.set)  # one worker: this runs after both late calls have pushed
     assert pushed.wait(WAIT)
     pool.shutdown()
-    assert not holder["delivery"]._pending  # type: ignore[attr-defined]
+    assert not holder["delivery"].pending  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from offload._cli import main
+from offload._commands.cli import main
 
 
 def test_demo_runs_both_shapes_and_reports(capsys: pytest.CaptureFixture[str]) -> None:

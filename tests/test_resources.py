@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import offload
-from offload import _delivery
+from offload import _call, _delivery
 
 
 def fails(x: int) -> int:
@@ -45,8 +45,8 @@ def _ours(garbage: list[Any], loop: asyncio.AbstractEventLoop) -> list[Any]:
         obj
         for obj in garbage
         if (isinstance(obj, asyncio.Future) and obj.get_loop() is loop)
-        or (isinstance(obj, tuple) and obj and obj[0] is _delivery.run_call)
-        or (isinstance(obj, types.FrameType) and obj.f_code is _delivery.run_call.__code__)
+        or (isinstance(obj, tuple) and obj and obj[0] is _call.run)
+        or (isinstance(obj, types.FrameType) and obj.f_code is _call.run.__code__)
     ]
 
 
@@ -84,7 +84,7 @@ def test_loop_is_collectable_after_asyncio_run() -> None:
     pool.shutdown()
     gc.collect()
     assert loops[0]() is None
-    assert all(d._loop_ref() is not None for d in _delivery._deliveries.values())
+    assert all(d.loop_ref() is not None for d in _delivery._deliveries.values())
 
 
 def test_several_run_until_complete_on_one_loop() -> None:

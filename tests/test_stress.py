@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from offload import _soak
-from offload._cli import main
+from offload._commands import soak as _soak
+from offload._commands.cli import main
 
 
 @pytest.mark.timeout(60)

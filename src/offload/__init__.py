@@ -21,6 +21,8 @@ from ._api import offload as offload
 from ._api import register as register
 from ._api import shutdown as shutdown
 from ._api import stats as stats
+from ._call import cancelled as cancelled
+from ._call import check_cancelled as check_cancelled
 from ._dask import DaskExecutor as DaskExecutor
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
@@ -34,13 +36,11 @@ from ._facade import facade as facade
 from ._iterate import acontext as acontext
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
-from ._monitor import ExecutorStats as ExecutorStats
-from ._monitor import Timings as Timings
 from ._pool import ThreadPool as ThreadPool
 from ._process import ProcessPool as ProcessPool
 from ._registry import Registry as Registry
-from ._timeouts import cancelled as cancelled
-from ._timeouts import check_cancelled as check_cancelled
+from ._stats import ExecutorStats as ExecutorStats
+from ._stats import Timings as Timings
 from ._tornado import run_on_executor as run_on_executor
 from ._web import StatsHandler as StatsHandler
 

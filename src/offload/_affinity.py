@@ -121,7 +121,9 @@ class AffineThread(Executor):
         ...     conn = await connect(":memory:")  # made on the thread ...
         ...     query = offload.offload(conn.execute, executor=db_thread)
         ...     cursor = await query("SELECT 6 * 7")  # ... and used there
-        ...     return await offload.offload(cursor.fetchone, executor=db_thread)()
+        ...     row = await offload.offload(cursor.fetchone, executor=db_thread)()
+        ...     await offload.offload(conn.close, executor=db_thread)()
+        ...     return row
         >>> asyncio.run(main())
         (42,)
         >>> db_thread.shutdown()
@@ -181,23 +183,28 @@ class AffineThread(Executor):
         Queued jobs still run unless ``cancel_futures`` is true. Waiting is
         skipped when called from the executor's own thread.
         """
+        dropped: list[_Job] = []
         with self._lock:
-            if self._closed:
-                started = self._thread.ident is not None
-            else:
+            if not self._closed:
                 self._closed = True
                 if cancel_futures:
-                    self._cancel_queued()
+                    dropped = self._take_queued()
                 self._jobs.put(None)
-                started = self._thread.ident is not None
+            started = self._thread.ident is not None
+        # Outside the lock: a dropped job may give back a slot that hands a
+        # waiting call to this very executor (which then refuses it).
+        dropped.reverse()
+        while dropped:  # each job dropped as it is cancelled, oldest first
+            dropped.pop()[0].cancel()
         if wait and started and not self.is_current():
             self._thread.join()
 
-    def _cancel_queued(self) -> None:
+    def _take_queued(self) -> list[_Job]:
+        jobs: list[_Job] = []
         while True:
             try:
                 job = self._jobs.get(block=False)
             except queue.Empty:
-                return
+                return jobs
             if job is not None:
-                job[0].cancel()
+                jobs.append(job)

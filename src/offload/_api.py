@@ -8,8 +8,8 @@ from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._decorator import ExecutorSpec, Offloader, decorate
-from ._monitor import ExecutorStats, WhenFull
 from ._registry import ExecutorOrFactory, Registry
+from ._stats import ExecutorStats, WhenFull
 
 P = ParamSpec("P")
 R = TypeVar("R")

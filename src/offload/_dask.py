@@ -8,7 +8,6 @@ so awaiting never blocks the loop; cancelling the Future cancels the task.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 import uuid
@@ -17,9 +16,10 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
+from ._call import ARGS, FN, FUTURE, KWARGS, ROUTE, Call, began, finish
+from ._delivery import CANCELLED, settable
 from ._errors import ExecutorShutdownError, name_of
-from ._pickling import Ref, call_original, ship_target
+from ._pickling import Ref, call_original, run_remote, ship_target, unpack_reply
 
 if TYPE_CHECKING:
     import distributed
@@ -88,7 +88,12 @@ class DaskExecutor(Executor):
         return f"<offload.DaskExecutor {address!r}{state}>"
 
     def _submit_task(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        packed: bool = False,
     ) -> tuple[Any, str]:
         if self._closed:
             raise ExecutorShutdownError(f"{self!r} was shut down and takes no new calls")
@@ -96,27 +101,25 @@ class DaskExecutor(Executor):
         name = target.qualname if isinstance(target, Ref) else name_of(fn)
         key = f"{name.replace('.', '-')}-{uuid.uuid4().hex}"
         # The call's own arguments travel packed, so none can clash with submit's.
-        task = self._client.submit(call_original, target, args, kwargs, key=key, pure=False)
+        # An offloaded call's outcome comes back packed (``run_remote``).
+        if packed:
+            task = self._client.submit(run_remote, target, args, kwargs, name, key=key, pure=False)
+        else:
+            task = self._client.submit(call_original, target, args, kwargs, key=key, pure=False)
         return task, name
 
-    def _offload(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> asyncio.Future[Any]:
-        """Submit an offloaded call as a task; its Future is resolved on ``loop``."""
-        future = loop.create_future()
-        task, _name = self._submit_task(fn, args, kwargs)
+    def _send(self, call: Call) -> None:
+        """Submit an offloaded call as a task; its outcome goes to the caller's loop."""
+        task, name = self._submit_task(call[FN], call[ARGS], call[KWARGS], packed=True)
         client = self._client
         if client.loop is None:
             raise ExecutorShutdownError(f"{self!r}: its client is closed")
+        stats = call[ROUTE].stats
+        started = began(call, stats, waited=False) if stats is not None else 0.0
         # Wait on the client's own loop: many results are fetched at once there,
         # and the caller's loop only hears of the outcome through its delivery.
-        client.loop.add_callback(_relay, client, task, future, delivery_for(loop))
-        future.add_done_callback(functools.partial(self._settled, task))
-        return future
+        client.loop.add_callback(_relay, client, task, call, name, started)
+        call[FUTURE].add_done_callback(functools.partial(self._settled, task))
 
     def _settled(self, task: Any, _future: object) -> None:
         if not task.done():  # the caller gave up: cancel on the cluster, without blocking
@@ -147,23 +150,18 @@ class DaskExecutor(Executor):
 
 
 async def _relay(
-    client: distributed.Client, task: Any, future: asyncio.Future[Any], delivery: Delivery
+    client: distributed.Client, task: Any, call: Call, name: str, started: float
 ) -> None:
-    """On the client's loop: wait for the task, fetch its outcome, deliver it."""
+    """On the client's loop: wait for the task, fetch its outcome, end the call with it."""
     try:
-        value = await client.gather(task, asynchronous=True)  # type: ignore[no-untyped-call]
+        reply = await client.gather(task, asynchronous=True)  # type: ignore[no-untyped-call]
     except BaseException as exc:
-        if future.done():
-            pass  # given up: nobody wants the outcome
-        elif task.cancelled():
-            delivery.push(future, None, _CANCELLED)
-        else:
-            delivery.push(future, None, _settable(exc))
+        finish(call, None, CANCELLED if task.cancelled() else settable(exc), started)
         # The traceback keeps this frame: drop what would tie the task, the
-        # Future and its exception into a cycle (and keep the task alive).
-        del future, task, exc
+        # call and its exception into a cycle (and keep the task alive).
+        del call, task, exc
     else:
-        delivery.push(future, value, None)
+        finish(call, *unpack_reply(reply, name), started)
 
 
 def _relay_concurrent(future: ConcurrentFuture[Any], task: Any) -> None:

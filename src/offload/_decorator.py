@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Union, over
 
 import wrapt
 
-from ._dispatch import dispatch, sends_by_pickle
 from ._errors import no_running_loop
-from ._monitor import Monitor
+from ._kinds import kind_of
 from ._pickling import local_function_error
-from ._timeouts import arm, check_timeout
+from ._route import Route
+from ._timeouts import check_timeout
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -70,9 +70,19 @@ def check_spec(spec: object) -> ExecutorSpec:
     """``spec`` if it names an executor or is one; else a TypeError."""
     if isinstance(spec, Executor) or (isinstance(spec, str) and spec):
         return spec
+    if isinstance(spec, type) and issubclass(spec, Executor):
+        raise _executor_class(spec)
     raise TypeError(
         "the executor must be a registered name (str) or a concurrent.futures.Executor, "
         f"got {spec!r}"
+    )
+
+
+def _executor_class(cls: type) -> TypeError:
+    return TypeError(
+        f"{cls.__name__} is an Executor class, not an executor: pass an instance, "
+        f"offload(executor={cls.__name__}(...)), or register a factory under a name, "
+        f"offload.register('name', lambda: {cls.__name__}(...)), and offload('name')"
     )
 
 
@@ -89,6 +99,15 @@ def _check_target(fn: object) -> None:
     func = fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn
     if isinstance(func, OffloadedFunction):
         raise TypeError(f"{func!r} is already offloaded; decorate the original function once")
+    if isinstance(func, type) and issubclass(func, Executor):
+        raise _executor_class(func)
+    if inspect.isgeneratorfunction(func):
+        raise TypeError(
+            f"{func!r} is a generator function: offloading it would only make the "
+            "generator on a thread, and every step of it would then run on the loop. "
+            "Use offload.agenerator instead, which runs each step on the executor "
+            "and gives an async iterator"
+        )
     if not callable(func):
         raise TypeError(
             f"offload() needs a callable to wrap, or an executor name or Executor; got {fn!r}"
@@ -104,30 +123,28 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
     """Wrap ``fn`` so each call runs on the executor ``spec`` names."""
     _check_target(fn)
     _check_travels(registry, fn, spec)
-    route: Callable[[], tuple[Executor, Monitor | None]]
     if isinstance(spec, str):
-        route = functools.partial(registry._route, spec)
-    else:
-        route = functools.partial(_unnamed, spec)
-
-    if timeout is None:
+        # Looked up at every call, so an application can re-point the name.
+        entries, name = registry._entries, spec
 
         def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
-            executor, monitor = route()
-            return dispatch(loop, executor, wrapped, args, kwargs, monitor)
+            entry = entries.get(name)
+            route = None if entry is None else entry.route
+            if route is None:
+                route = registry._route(name)  # first use, or an unknown name
+            return route.call(loop, wrapped, args, kwargs, timeout)
 
     else:
+        route = Route(spec)  # no name, so no statistics or bound
 
         def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
-            executor, monitor = route()
-            future = dispatch(loop, executor, wrapped, args, kwargs, monitor)
-            return arm(loop, future, timeout, wrapped, executor, monitor=monitor)
+            return route.call(loop, wrapped, args, kwargs, timeout)
 
     return OffloadedFunction(fn, run_offloaded)
 
@@ -138,7 +155,7 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
         if not registry._sends_by_pickle(spec):
             return
         where = f"the process pool named {spec!r}"
-    elif sends_by_pickle(spec):
+    elif kind_of(spec).pickles:
         where = repr(spec)
     else:
         return
@@ -146,11 +163,6 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
     error = local_function_error(func, where)
     if error is not None:
         raise error
-
-
-def _unnamed(executor: Executor) -> tuple[Executor, None]:
-    # An Executor passed directly has no name, so no monitor counts its calls.
-    return executor, None
 
 
 def decorate(registry: Registry, target: Any, executor: Any, timeout: Any = None) -> Any:

@@ -5,6 +5,15 @@ outcome to the loop's ``Delivery`` queue, and only the first completion of a
 burst pays for ``call_soon_threadsafe`` (a self-pipe write). The loop then
 resolves up to ``MAX_PER_WAKEUP`` futures in one callback and yields before the
 next batch, so a flood of completions cannot starve other callbacks.
+
+Why no wake-up is lost, without relying on the GIL: a worker appends, then
+reads ``scheduled``; the loop clears ``scheduled``, then drains. If the worker
+reads ``True``, its append came before the loop's clear, so the drain that
+follows sees the item; if it reads ``False``, it schedules a drain itself. The
+worst case is two drains for one burst, and the second finds nothing.
+
+The drain settles each Future and counts its fate for the name's statistics:
+this is where the fate of a call that ran is counted (see ``_call.py``).
 """
 
 from __future__ import annotations
@@ -15,85 +24,148 @@ import os
 import weakref
 from typing import Any
 
+from ._stats import CANCELLED as CANCELLED_COUNT
+from ._stats import COMPLETED, FAILED, Stats
+
 #: Futures resolved per loop callback before yielding to the rest of the loop.
 MAX_PER_WAKEUP = 256
 
-_CANCELLED = object()
+#: The outcome that cancels the Future: the executor dropped the call unrun.
+CANCELLED = object()
+
+Outcome = tuple["asyncio.Future[Any]", Any, Any, "Stats | None"]
 
 
 class Delivery:
     """The completions bound for one event loop."""
 
-    __slots__ = ("__weakref__", "_loop_ref", "_pending", "_scheduled")
+    __slots__ = ("__weakref__", "loop_ref", "pending", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop_ref = weakref.ref(loop)
-        # (future, result, exception, monitor): the monitor, if any, counts the outcome.
-        self._pending: collections.deque[tuple[asyncio.Future[Any], Any, Any, Any]] = (
-            collections.deque()
-        )
-        self._scheduled = False
+        self.loop_ref = weakref.ref(loop)
+        # (future, result, exception, stats): the stats, if any, count the fate.
+        self.pending: collections.deque[Outcome] = collections.deque()
+        self.scheduled = False
 
-    def push(self, future: asyncio.Future[Any], result: Any, exc: Any, monitor: Any = None) -> None:
+    def push(
+        self, future: asyncio.Future[Any], result: Any, exc: Any, stats: Stats | None = None
+    ) -> None:
         """Queue an outcome for the loop; called from any thread."""
-        # Append first, then read the flag: the loop clears the flag before it
-        # drains, so either it sees this item or we see the flag cleared.
-        self._pending.append((future, result, exc, monitor))
-        if not self._scheduled:
-            self._wake()
+        self.pending.append((future, result, exc, stats))
+        if not self.scheduled:
+            self.wake()
 
-    def _wake(self) -> None:
-        self._scheduled = True
-        loop = self._loop_ref()
-        try:
-            if loop is not None:
-                loop.call_soon_threadsafe(self._drain)
+    def wake(self) -> None:
+        """Schedule a drain on the loop, or settle the queue here if the loop is closed."""
+        self.scheduled = True
+        loop = self.loop_ref()
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(_Wakeup(self))
+            except RuntimeError:  # the loop is closed
+                pass
+            else:
                 return
-        except RuntimeError:  # the loop is closed
-            pass
-        # The loop is closed or gone: nobody can await these futures. Drop
-        # them, and every later one as it comes (the flag is cleared first, as
-        # in _drain); a call given up by cancelling it is still counted.
-        self._scheduled = False
+        self.discard()
+
+    def discard(self) -> None:
+        """The loop is closed or gone: nobody can await these futures; count and drop them."""
+        self.scheduled = False  # cleared first, as in drain: a later push wakes again
         while True:
             try:  # another worker may be emptying the queue too
-                future, _, _, monitor = self._pending.popleft()
+                future, _, exc, stats = self.pending.popleft()
             except IndexError:
                 return
-            if monitor is not None and future.cancelled():
-                next(monitor.cancelled)
+            fate = _fate(future, exc)
+            if stats is not None and fate is not None:
+                stats.add(fate)
 
-    def _drain(self) -> None:  # noqa: C901 - one flat loop: it runs once per burst
-        self._scheduled = False
-        pending = self._pending
+    def drain(self) -> None:  # noqa: C901, PLR0912 - one flat loop, run once per burst
+        """On the loop: settle up to ``MAX_PER_WAKEUP`` futures, then yield."""
+        self.scheduled = False
+        pending = self.pending
         for _ in range(MAX_PER_WAKEUP):
             try:
-                future, result, exc, monitor = pending.popleft()
+                future, result, exc, stats = pending.popleft()
             except IndexError:
                 return
             if future.done():
                 # Given up while it ran: the late outcome is dropped. A
                 # cancelled call is counted here; a timed-out one by its timer.
-                if monitor is not None and future.cancelled():
-                    next(monitor.cancelled)
+                if stats is not None and future.cancelled() and type(exc) is not GaveUp:
+                    stats.add(CANCELLED_COUNT)
                 continue
+            if type(exc) is GaveUp:
+                exc = exc.error
             if exc is None:
                 future.set_result(result)
-                if monitor is not None:
-                    next(monitor.completed)
-            elif exc is _CANCELLED:
+                if stats is not None:  # stats.add, written out: once per call
+                    try:
+                        stats.local.row[COMPLETED] += 1
+                    except AttributeError:
+                        stats.new_row()[COMPLETED] += 1
+            elif exc is CANCELLED:
                 future.cancel()
-                if monitor is not None:
-                    next(monitor.cancelled)
+                if stats is not None:
+                    stats.add(CANCELLED_COUNT)
             else:
                 future.set_exception(exc)
-                if monitor is not None:
-                    next(monitor.failed)
-        if pending and not self._scheduled:
-            self._scheduled = True
-            loop = self._loop_ref()
+                if stats is not None:
+                    stats.add(FAILED)
+        if pending and not self.scheduled:
+            self.scheduled = True
+            loop = self.loop_ref()
             if loop is not None:
-                loop.call_soon(self._drain)
+                loop.call_soon(_Wakeup(self))
+
+
+def _fate(future: asyncio.Future[Any], exc: Any) -> int | None:
+    """The counter for an outcome the loop will never settle, as ``drain`` would count it."""
+    if future.done():  # a timeout was counted by its timer; only a cancel is left to count
+        return CANCELLED_COUNT if future.cancelled() and type(exc) is not GaveUp else None
+    if exc is None:
+        return COMPLETED
+    return CANCELLED_COUNT if exc is CANCELLED else FAILED
+
+
+class GaveUp:
+    """An outcome that fails a call still running, which is not the call's own end.
+
+    A shutdown that gives up fails the Future of a call whose thread runs on;
+    if the caller had cancelled it already, the call's own end counts that.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Wakeup:
+    """A scheduled drain. If the loop drops it unrun (it was closed), the queue is settled."""
+
+    __slots__ = ("delivery", "ran")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery: Delivery | None = delivery
+        self.ran = False
+
+    def __call__(self) -> None:
+        delivery, self.delivery = self.delivery, None
+        if delivery is not None:
+            delivery.drain()
+
+    def __del__(self) -> None:
+        # A loop stopped with a drain due and then closed throws the drain
+        # away: without this, the flag would stay set, no later completion
+        # would wake the loop, and the queue would keep the loop alive.
+        delivery = self.delivery
+        if delivery is not None:
+            loop = delivery.loop_ref()
+            if loop is None or loop.is_closed():
+                delivery.discard()
+            else:
+                delivery.scheduled = False
 
 
 _deliveries: dict[int, Delivery] = {}
@@ -109,95 +181,15 @@ def delivery_for(loop: asyncio.AbstractEventLoop) -> Delivery:
     return delivery
 
 
-os.register_at_fork(after_in_child=_deliveries.clear)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_deliveries.clear)
 
 
-def _settable(exc: BaseException) -> BaseException:
+def settable(exc: BaseException) -> BaseException:
+    """``exc``, or what to set instead where asyncio refuses it on a Future."""
     # asyncio refuses StopIteration on a Future (it would end a coroutine).
     if isinstance(exc, StopIteration):
         err = RuntimeError(f"the offloaded call raised {type(exc).__name__}")
         err.__cause__ = exc
         return err
     return exc
-
-
-#: One offloaded call, as executors carry it: a plain tuple, because a call
-#: is built on every invocation and tuples are the cheapest thing to build.
-#: ``call[RUN](call)`` runs it; ``call[ABANDON](call)`` reports that it never
-#: will. Then come the Future, its loop's Delivery, the caller's contextvars,
-#: the blocking function, its args and kwargs; a call through a registered
-#: name adds its monitor, when it was made, and whether it holds a slot.
-Call = tuple[Any, ...]
-RUN, ABANDON, MONITOR, HOLDS = 0, 1, 8, 10
-
-
-def run_call(call: Call) -> None:
-    """Run an offloaded call on a worker thread and push its outcome to the loop.
-
-    A call whose Future was cancelled before it started never runs.
-    """
-    _, _, future, delivery, context, fn, args, kwargs = call
-    if future.cancelled():
-        return
-    try:
-        result = context.run(fn, *args, **kwargs)
-    except BaseException as exc:
-        delivery.push(future, None, _settable(exc))
-        # The traceback keeps this frame alive; drop the locals that would
-        # otherwise tie the Future, its exception and this frame in a cycle.
-        del call, future
-    else:  # Delivery.push, inlined: this runs once per call
-        delivery._pending.append((future, result, None, None))
-        if not delivery._scheduled:
-            delivery._wake()
-
-
-def fail_call(call: Call, error: BaseException, *, started: bool) -> None:
-    """Fail an offloaded call's Future with ``error``: its pool gave up on it.
-
-    A call that ``started`` may still finish; its late outcome is dropped.
-    """
-    monitor = call[MONITOR] if len(call) > MONITOR else None
-    if monitor is not None and not started:
-        monitor.left_unstarted(holds=call[HOLDS])
-    call[3].push(call[2], None, error, monitor)
-
-
-def abandon_call(call: Call) -> None:
-    """The executor dropped the call without running it: cancel its Future."""
-    call[3].push(call[2], None, _CANCELLED)
-
-
-class Held:
-    """A call handed to a foreign executor, which gives it up once it has run.
-
-    The pool keeps its job's arguments for as long as a traceback keeps the
-    worker's frames (frames link to their callers), so ``run_held`` takes the
-    call out before running it: nothing the pool keeps refers to the call, its
-    Future or its exception, and no reference cycle forms. A pool that drops
-    the job without running it, as ``shutdown(cancel_futures=True)`` does,
-    drops the last reference to this holder with the call still inside, and
-    the Future is cancelled; that costs nothing per call, unlike a
-    done-callback on the pool's Future.
-    """
-
-    __slots__ = ("call",)
-
-    def __init__(self, call: Call) -> None:
-        self.call: Call | None = call
-
-    def __del__(self) -> None:
-        if self.call is not None:
-            abandon_call(self.call)
-
-    def take(self) -> Call | None:
-        """The call, which the holder gives up."""
-        call, self.call = self.call, None
-        return call
-
-
-def run_held(held: Held) -> None:
-    """Run the call in ``held`` on a foreign executor's worker."""
-    # No local names the call: this frame outlives the run in any traceback.
-    if held.call is not None:
-        held.call[RUN](held.take())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 
 class UnknownExecutorError(LookupError):
@@ -58,7 +59,7 @@ class WorkerDiedError(BrokenProcessPool):
     It died from ``os._exit``, a crash or a signal. ``exitcode`` is the
     process's exit code as ``multiprocessing`` reports it: negative for a signal
     (``-9`` for ``SIGKILL``), or ``None`` when the executor does not say.
-    ``signal`` names the signal, if any. A subclass of
+    ``signal`` names the signal, if any, and ``pid`` the worker's process id. A subclass of
     ``concurrent.futures.process.BrokenProcessPool``, so existing handlers
     still catch it.
 
@@ -69,12 +70,16 @@ class WorkerDiedError(BrokenProcessPool):
         <Signals.SIGKILL: 9>
     """
 
-    def __init__(self, message: str, exitcode: int | None = None) -> None:
+    def __init__(
+        self, message: str, exitcode: int | None = None, *, pid: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
+        #: The process id of the worker that died, where the executor says.
+        self.pid = pid
 
-    def __reduce__(self) -> tuple[type[WorkerDiedError], tuple[str, int | None]]:
-        return type(self), (str(self), self.exitcode)
+    def __reduce__(self) -> Any:
+        return _rebuild_worker_died, (str(self), self.exitcode, self.pid)
 
     @property
     def signal(self) -> signal.Signals | None:
@@ -85,6 +90,10 @@ class WorkerDiedError(BrokenProcessPool):
             return signal.Signals(-self.exitcode)
         except ValueError:
             return None
+
+
+def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) -> WorkerDiedError:
+    return WorkerDiedError(message, exitcode, pid=pid)
 
 
 class NotPicklableError(pickle.PicklingError):

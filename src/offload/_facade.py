@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ._decorator import ExecutorSpec, check_spec
-from ._dispatch import dispatch
 from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, route, running_loop
 
 S = TypeVar("S")
@@ -135,9 +134,7 @@ class Facade(Generic[S], metaclass=_FacadeType):
 
     def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run ``fn(*args, **kwargs)`` on this facade's executor."""
-        loop = running_loop(fn)
-        executor, monitor = route(self._executor)
-        return dispatch(loop, executor, fn, args, kwargs, monitor)
+        return route(self._executor).call(running_loop(fn), fn, args, kwargs)
 
 
 def _check_declaration(
@@ -215,9 +212,8 @@ def _method(
 
         def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
             loop = running_loop(method)
-            executor, monitor = route(self._executor)
             call_args = (self, name, args, kwargs, target)
-            return dispatch(loop, executor, _call_wrapped, call_args, {}, monitor)
+            return route(self._executor).call(loop, _call_wrapped, call_args, {})
 
     else:
 

@@ -30,9 +30,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from ._affinity import AffineThread
 from ._api import default_registry
 from ._decorator import ExecutorSpec, check_spec
-from ._dispatch import dispatch
 from ._errors import ExecutorShutdownError, no_running_loop
-from ._monitor import Monitor
+from ._route import Route, route_to
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,12 +51,9 @@ def resolve(spec: ExecutorSpec) -> Executor:
     return spec if isinstance(spec, Executor) else default_registry.get_executor(spec)
 
 
-def route(spec: ExecutorSpec) -> tuple[Executor, Monitor | None]:
-    """The executor a name or Executor stands for, and the name's monitor.
-
-    Looked up now, at call time.
-    """
-    return (spec, None) if isinstance(spec, Executor) else default_registry._route(spec)
+def route(spec: ExecutorSpec) -> Route:
+    """The route of a name or an Executor, looked up now, at call time."""
+    return route_to(spec) if isinstance(spec, Executor) else default_registry._route(spec)
 
 
 def running_loop(what: object) -> asyncio.AbstractEventLoop:
@@ -92,7 +88,8 @@ class _Pump:
         self.space = threading.Condition(self.lock)
         self.credit = prefetch  # items the producer may make before it must wait
         self.outcomes: collections.deque[tuple[str, Any]] = collections.deque()
-        self.waiter: asyncio.Future[None] | None = None
+        # Consumers waiting for an outcome: every one is woken, and each looks again.
+        self.waiters: list[asyncio.Future[None]] = []
         self.running = False  # a producer job is queued or running
         self.stopping = False  # the consumer is gone: close the source, make no more
         self.finished = False  # the source ended or raised; nothing left to close
@@ -139,9 +136,9 @@ class _Pump:
     def _push(self, kind: str, value: Any) -> None:
         self.outcomes.append((kind, value))
         with self.lock:
-            waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            self.loop.call_soon_threadsafe(_wake, waiter)
+            waiters, self.waiters = self.waiters, []
+        if waiters:
+            self.loop.call_soon_threadsafe(_wake, waiters)
 
     def job_done(self, job: asyncio.Future[Any]) -> None:
         """Report a producer job that the executor dropped unstarted (shut down)."""
@@ -159,9 +156,10 @@ class _Pump:
             return not self.running and not self.finished
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class OffloadedIterator(Generic[T]):
@@ -203,7 +201,7 @@ class OffloadedIterator(Generic[T]):
 
     def _run_producer(self, pump: _Pump, executor: Executor) -> None:
         pump.running = True
-        self._job = dispatch(pump.loop, executor, pump.produce, (), {})
+        self._job = route_to(executor).call(pump.loop, pump.produce, (), {})
         # The callback holds the pump, not self: ``break`` must be able to drop self.
         self._job.add_done_callback(pump.job_done)
 
@@ -215,7 +213,8 @@ class OffloadedIterator(Generic[T]):
             with pump.lock:
                 outcome = pump.outcomes.popleft() if pump.outcomes else None
                 if outcome is None:
-                    waiter = pump.waiter = pump.loop.create_future()
+                    waiter = pump.loop.create_future()
+                    pump.waiters.append(waiter)
             if outcome is None:
                 await waiter
                 continue
@@ -239,7 +238,13 @@ class OffloadedIterator(Generic[T]):
                 pump.running = True
             pump.space.notify()
         if resume and self._executor is not None:
-            self._run_producer(pump, self._executor)
+            try:
+                self._run_producer(pump, self._executor)
+            except BaseException as exc:  # the executor was shut down between batches
+                # The item in hand is still the caller's; the end comes after it.
+                pump.running = False
+                pump.finished = True
+                pump._push(_ERROR, exc)
 
     async def aclose(self) -> None:
         """Stop the producer, close the source on its thread, and wait for both.
@@ -251,7 +256,7 @@ class OffloadedIterator(Generic[T]):
         if pump is None:
             return
         if pump.stop() and self._executor is not None:
-            self._job = dispatch(pump.loop, self._executor, pump.close_source, (), {})
+            self._job = route_to(self._executor).call(pump.loop, pump.close_source, (), {})
         if self._job is not None:
             await asyncio.shield(self._job)
         if pump.close_error is not None:
@@ -367,9 +372,7 @@ class _AsyncContext(AbstractAsyncContextManager[T]):
         self._abandoned = False
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = running_loop(fn)
-        executor, monitor = route(self._spec)
-        return dispatch(loop, executor, fn, args, {}, monitor)
+        return route(self._spec).call(running_loop(fn), fn, args, {})
 
     def _enter(self) -> Any:
         value = self._manager.__enter__()

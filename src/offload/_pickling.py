@@ -12,6 +12,7 @@ or class it was bound to. The worker looks the name up and calls its
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import wrapt
 
+from ._call import restore, running_remotely
 from ._errors import NotPicklableError, name_of
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -110,6 +112,15 @@ def ship_target(fn: Any) -> Any:
         stored = _lookup(module, qualname)
         if isinstance(stored, wrapt.FunctionWrapper) and _plain(stored.__wrapped__) is func:
             return Ref(module, qualname, owner)
+        inner = _plain(stored)
+        if inner is not stored and isinstance(inner, wrapt.FunctionWrapper):
+            raise NotPicklableError(
+                f"{qualname} cannot be sent to a worker process: {type(stored).__name__} "
+                "is applied on top of offload, so the name leads to the "
+                f"{type(stored).__name__}, and a worker would call the offloaded wrapper "
+                "again: apply offload last (outermost), @offload(...) above "
+                f"@{type(stored).__name__}."
+            )
     if isinstance(fn, wrapt.PartialCallableObjectProxy):
         return _Bind(func, owner)
     return fn
@@ -192,7 +203,11 @@ def local_function_error(fn: Any, where: str) -> TypeError | None:
 def call_original(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """In the worker: run the original body that ``target`` stands for."""
     fn = target.resolve() if isinstance(target, Ref) else target
-    return fn(*args, **kwargs)
+    previous = running_remotely()  # offload.cancelled() is false here
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        restore(previous)
 
 
 class RemoteJob:
@@ -290,7 +305,7 @@ def unpack_result(data: bytes | memoryview, name: str) -> Any:
     """In the caller: unpickle a result made by ``pack_result``."""
     try:
         return pickle.loads(data)  # noqa: S301  # from a worker we started
-    except Exception as exc:
+    except BaseException as exc:  # a BaseException too: it must fail the call, not the pool
         raise NotPicklableError(
             f"the result of {name} came back from the worker process but cannot be "
             f"unpickled here ({type(exc).__name__}: {exc})"
@@ -304,48 +319,100 @@ class RemoteTraceback(Exception):  # noqa: N818  # it is a traceback, shown as a
         return str(self.args[0]) if self.args else ""
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        message = str(exc)
+    except BaseException:  # an exception that cannot be printed still fails its call
+        message = "<its str() raised>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def pack_exception(exc: BaseException, name: str) -> bytes:
-    """In the worker: pickle an exception with its traceback text."""
-    text = "".join(traceback.format_exception(exc))
+    """In the worker: pickle an exception with its traceback text.
+
+    An exception that does not pickle is replaced by a ``RuntimeError`` that
+    says what it was; nothing it does can stop the worker replying.
+    """
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:
+        text = f"{_describe(exc)} (its traceback could not be formatted)\n"
+    # The traceback travels as text. Sent as objects (as tblib, which Dask
+    # installs, makes every pickle do), it would come back as frames in a cycle.
+    exc.with_traceback(None)
     try:
         return pickle.dumps((exc, text), PROTOCOL)
-    except Exception as err:
+    except BaseException as err:
         substitute = RuntimeError(
-            f"{name} raised {type(exc).__name__}: {exc} in the worker process, and that "
-            f"exception cannot be pickled ({type(err).__name__}: {err})"
+            f"{name} raised {_describe(exc)} in the worker process, and that exception "
+            f"cannot be pickled ({_describe(err)})"
         )
         return pickle.dumps((substitute, text), PROTOCOL)
 
 
 def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
-    """In the caller: the exception a worker raised, its traceback as ``__cause__``."""
+    """In the caller: the exception a worker raised, its traceback as ``__cause__``.
+
+    An exception that refuses the cause (a frozen dataclass) comes back without it.
+    """
     try:
         exc: BaseException
         exc, text = pickle.loads(data)  # noqa: S301  # from a worker we started
-    except Exception as err:
+    except BaseException as err:  # a BaseException too: fail the call, not the pool
         return NotPicklableError(
             f"{name} raised an exception in the worker process that cannot be unpickled "
-            f"here ({type(err).__name__}: {err})"
+            f"here ({_describe(err)})"
         )
+    exc.with_traceback(None)  # see pack_exception: the text is the traceback
     if not isinstance(exc.__cause__, RemoteTraceback):
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+        # An exception that refuses attributes comes back as it is.
+        with contextlib.suppress(BaseException):
+            exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
     return exc
 
 
-def run_shipment(data: bytes, name: str) -> bytes:
-    """In a standard ``ProcessPoolExecutor``'s worker: run a packed call, pack its result.
+#: The first byte of a worker's reply: a result, or an exception.
+RESULT, ERROR = b"r", b"e"
 
-    The caller packs the call itself (``pack_call``), so a call that does not
+
+def run_shipment(data: bytes | memoryview, name: str) -> bytes:
+    """In a worker process: run a packed call; its outcome, packed. It never raises.
+
+    The one function a worker of either process pool runs a call with. The
+    caller packs the call itself (``pack_call``), so a call that does not
     pickle fails alone and clearly before it reaches the pool. The worker
     unpickles it only here, where a failure fails this call instead of the
-    pool, and sends the result back as bytes, which the caller unpickles: a
-    result the caller cannot load fails its call, where the pool would break.
-    Plain bytes both ways cost the pool nothing to pickle.
+    pool, and sends the outcome back as bytes, which the caller unpickles
+    (``unpack_reply``): an outcome the caller cannot load fails its call,
+    where a standard pool would break. Plain bytes both ways cost the pool
+    nothing to pickle.
     """
-    return pack_result(run_packed(data, name), name)
+    try:
+        return RESULT + pack_result(run_packed(data, name), name)
+    except BaseException as exc:  # every outcome goes back to the caller
+        return ERROR + pack_exception(exc, name)
 
 
-#: Code objects of the frames that run a call in a worker process: a function
-#: asking ``offload.cancelled()`` there is never cancelled cooperatively (its
-#: worker is terminated instead, where offload manages the pool).
-REMOTE_CODES = frozenset({call_original.__code__})
+def run_remote(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bytes:
+    """On a cluster worker: run the call; its outcome packed as ``run_shipment`` packs it.
+
+    The arguments come by the cluster's own serialisation; the outcome goes
+    back as bytes, so anything a call raises or returns fails only its call,
+    with the same clear errors as on a process pool. It never raises.
+    """
+    try:
+        return RESULT + pack_result(call_original(target, args, kwargs), name)
+    except BaseException as exc:  # every outcome goes back to the caller
+        return ERROR + pack_exception(exc, name)
+
+
+def unpack_reply(reply: bytes, name: str) -> tuple[Any, BaseException | None]:
+    """In the caller: a worker's reply as (result, None) or (None, exception)."""
+    body = memoryview(reply)[1:]
+    if reply[:1] == RESULT:
+        try:
+            return unpack_result(body, name), None
+        except NotPicklableError as exc:
+            return None, exc
+    return None, unpack_exception(body, name)

@@ -12,7 +12,6 @@ caller's loop through its delivery queue.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import contextlib
@@ -32,22 +31,15 @@ from concurrent.futures import Future as ConcurrentFuture
 from multiprocessing.connection import Connection, wait
 from typing import Any, ParamSpec, TypeVar
 
-from ._delivery import _CANCELLED, Delivery, _settable, delivery_for
+from ._call import ARGS, FN, FUTURE, KWARGS, ROUTE, Call, began, finish, never_ran
+from ._delivery import CANCELLED
 from ._errors import (
     ExecutorShutdownError,
     NotPicklableError,
     WorkerDiedError,
     describe_exit,
 )
-from ._pickling import (
-    pack_call,
-    pack_exception,
-    pack_result,
-    run_packed,
-    ship,
-    unpack_exception,
-    unpack_result,
-)
+from ._pickling import pack_call, run_shipment, ship, unpack_reply
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -56,8 +48,6 @@ _pool_numbers = itertools.count()
 
 #: Environment variable choosing the start method of the built-in ``"cpu"`` pool.
 START_METHOD_VARIABLE = "OFFLOAD_CPU_START_METHOD"
-
-_RESULT, _ERROR = b"r", b"e"
 
 
 def default_start_method() -> str:
@@ -85,11 +75,7 @@ def _worker_main(conn: Connection, parent_end: Connection | None = None) -> None
             return
         split = message.index(b"\0")
         name = message[:split].decode()
-        try:
-            reply = _RESULT + pack_result(run_packed(memoryview(message)[split + 1 :], name), name)
-        except BaseException as exc:
-            reply = _ERROR + pack_exception(exc, name)
-            del exc
+        reply = run_shipment(memoryview(message)[split + 1 :], name)
         del message
         try:
             conn.send_bytes(reply)
@@ -98,9 +84,11 @@ def _worker_main(conn: Connection, parent_end: Connection | None = None) -> None
 
 
 class _Job:
-    """One call: where it goes (a loop's Future, or a concurrent Future) and its state."""
+    """One call: an offloaded call's record, or a ``submit`` job's concurrent Future."""
 
-    __slots__ = ("abandoned", "args", "delivery", "finished", "future", "kwargs", "name", "target")
+    __slots__ = (
+        "abandoned", "args", "call", "finished", "future", "kwargs", "name", "started", "target",
+    )  # fmt: skip
 
     def __init__(  # noqa: PLR0917 - one call's parts
         self,
@@ -108,37 +96,54 @@ class _Job:
         name: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        future: asyncio.Future[Any] | ConcurrentFuture[Any],
-        delivery: Delivery | None,
+        call: Call | None,
+        future: ConcurrentFuture[Any] | None = None,
     ) -> None:
         self.target, self.args, self.kwargs = target, args, kwargs
-        self.future, self.delivery = future, delivery
+        self.call, self.future = call, future
         self.name = name
         self.abandoned = False  # its caller gave up: cancelled, or timed out
-        self.finished = False  # an outcome was delivered, or its worker was stopped
+        self.finished = False  # it ended: an outcome was delivered, or it never ran
+        self.started = 0.0
 
     def start(self) -> bool:
-        if self.delivery is None:
-            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]
-        return not (self.abandoned or self.future.done())
+        """Whether to run it now; a job given up before it started ends here, unrun."""
+        call = self.call
+        if call is None:
+            if self.future.set_running_or_notify_cancel():  # type: ignore[union-attr]
+                return True
+            self.finished = True
+            return False
+        if self.abandoned or call[FUTURE].done():
+            self.finished = True
+            never_ran(call)
+            return False
+        stats = call[ROUTE].stats
+        if stats is not None:
+            self.started = began(call, stats)
+        return True
 
-    def succeed(self, value: Any) -> None:
-        if self.delivery is None:
-            self.future.set_result(value)
+    def end(self, value: Any, exc: Any) -> None:
+        """Its work is over: deliver the outcome (the slot, if any, is given back)."""
+        self.finished = True
+        if self.call is not None:
+            finish(self.call, value, exc, self.started)
+        elif exc is None:
+            self.future.set_result(value)  # type: ignore[union-attr]
+        elif exc is CANCELLED:
+            self.future.set_exception(  # type: ignore[union-attr]
+                ExecutorShutdownError("the process pool stopped this job")
+            )
         else:
-            self.delivery.push(self.future, value, None)  # type: ignore[arg-type]
+            self.future.set_exception(exc)  # type: ignore[union-attr]
 
-    def fail(self, exc: BaseException) -> None:
-        if self.delivery is None:
-            self.future.set_exception(exc)
+    def drop(self) -> None:
+        """It never started and never will (the pool was shut down): cancel it."""
+        self.finished = True
+        if self.call is not None:
+            never_ran(self.call)
         else:
-            self.delivery.push(self.future, None, _settable(exc))  # type: ignore[arg-type]
-
-    def cancel(self) -> None:
-        if self.delivery is None:
-            self.future.cancel()
-        else:
-            self.delivery.push(self.future, None, _CANCELLED)  # type: ignore[arg-type]
+            self.future.cancel()  # type: ignore[union-attr]
 
 
 class _Worker:
@@ -223,6 +228,7 @@ class ProcessPool(Executor):
         self._lock = threading.Lock()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closed = False
+        self._exiting = False
         self._woken = False
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -257,26 +263,19 @@ class ProcessPool(Executor):
 
     # -- the caller's side ---------------------------------------------------
 
-    def _offload(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> asyncio.Future[Any]:
-        """Queue an offloaded call; its Future is resolved on ``loop``."""
-        future = loop.create_future()
-        job = _Job(*ship(fn, self._where), args, kwargs, future, delivery_for(loop))
+    def _send(self, call: Call) -> None:
+        """Queue an offloaded call; its outcome goes to its loop's delivery queue."""
+        target, name = ship(call[FN], self._where)
+        job = _Job(target, name, call[ARGS], call[KWARGS], call)
         self._put(job)
-        future.add_done_callback(functools.partial(self._settled, job))
-        return future
+        call[FUTURE].add_done_callback(functools.partial(self._settled, job))
 
     def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
-        self._put(_Job(*ship(fn, self._where), args, kwargs, future, None))
+        self._put(_Job(*ship(fn, self._where), args, kwargs, None, future))
         return future
 
     def _where(self) -> str:
@@ -332,7 +331,7 @@ class ProcessPool(Executor):
                 self._queue.clear()
             self._wake()
         for job in dropped:
-            job.cancel()
+            job.drop()
         if wait:
             self._join()
 
@@ -340,14 +339,12 @@ class ProcessPool(Executor):
         """At interpreter exit: cancel queued calls, terminate running ones, wait.
 
         Nobody is left to await their Futures, and a call that never returns
-        must not keep the interpreter from exiting.
+        must not keep the interpreter from exiting. The manager thread itself
+        terminates what runs, so a job it holds between the queue and a worker
+        is seen too.
         """
+        self._exiting = True
         self.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            for worker in self._workers:
-                if worker.job is not None:
-                    worker.job.abandoned = True
-            self._wake()
         self._join()
 
     def _join(self, timeout: float | None = None) -> bool:
@@ -376,8 +373,12 @@ class ProcessPool(Executor):
         assert wake_r is not None  # noqa: S101  # set before the thread starts
         while True:
             now = time.monotonic()
-            self._stop_abandoned(now)
             self._assign()
+            if self._exiting:  # every running call is given up, the one just assigned too
+                for worker in self._workers:
+                    if worker.job is not None:
+                        worker.job.abandoned = True
+            self._stop_abandoned(now)
             if self._closed and self._retire():
                 return
             waitables: list[Any] = [wake_r]
@@ -417,32 +418,35 @@ class ProcessPool(Executor):
                 if not self._queue:
                     return
                 job = self._queue.popleft()
-            if not job.start():
-                job.finished = True
-                continue  # cancelled or timed out before it started: it never runs
             try:
-                data = pack_call(job.target, job.args, job.kwargs, job.name)
-            except NotPicklableError as exc:
-                job.finished = True
-                job.fail(exc)
-                continue
-            if worker is None:
-                try:
-                    worker = self._start_worker()
-                except Exception as exc:
-                    job.finished = True
-                    err = RuntimeError(
-                        f"the process pool {self._name!r} could not start a worker process "
-                        f"for {job.name}: {type(exc).__name__}: {exc}"
-                    )
-                    err.__cause__ = exc
-                    job.fail(err)
-                    continue
-            worker.job = job
+                if job.start():  # else given up before it started: it never runs
+                    self._give(job, worker)
+            except BaseException as exc:  # whatever a job does, the manager carries on
+                if not job.finished:
+                    job.end(None, _broke(job, exc))
+
+    def _give(self, job: _Job, worker: _Worker | None) -> None:
+        try:
+            data = pack_call(job.target, job.args, job.kwargs, job.name)
+        except NotPicklableError as exc:
+            job.end(None, exc)
+            return
+        if worker is None:
             try:
-                worker.conn.send_bytes(job.name.encode() + b"\0" + data)
-            except OSError:
-                worker.gone = True  # it died: its sentinel reports how
+                worker = self._start_worker()
+            except Exception as exc:
+                err = RuntimeError(
+                    f"the process pool {self._name!r} could not start a worker process "
+                    f"for {job.name}: {type(exc).__name__}: {exc}"
+                )
+                err.__cause__ = exc
+                job.end(None, err)
+                return
+        worker.job = job
+        try:
+            worker.conn.send_bytes(job.name.encode() + b"\0" + data)
+        except OSError:
+            worker.gone = True  # it died: its sentinel reports how
 
     def _start_worker(self) -> _Worker:
         parent, child = self._context.Pipe()
@@ -464,19 +468,13 @@ class ProcessPool(Executor):
             worker.gone = True
             return
         job, worker.job = worker.job, None
-        if job is None:
+        if job is None or job.finished:
             return
-        job.finished = True
-        body = memoryview(reply)[1:]
-        if reply[:1] == _RESULT:
-            try:
-                value = unpack_result(body, job.name)
-            except NotPicklableError as exc:
-                job.fail(exc)
-            else:
-                job.succeed(value)
-        else:
-            job.fail(unpack_exception(body, job.name))
+        try:
+            job.end(*unpack_reply(reply, job.name))
+        except BaseException as exc:  # whatever came back, the manager carries on
+            if not job.finished:
+                job.end(None, _broke(job, exc))
 
     def _buried(self, worker: _Worker) -> None:
         """A worker process ended on its own: fail its call, forget the worker."""
@@ -485,23 +483,24 @@ class ProcessPool(Executor):
         self._workers.remove(worker)
         job = worker.job
         if job is not None and not job.finished:
-            job.finished = True
             code = worker.process.exitcode
-            job.fail(
+            job.end(
+                None,
                 WorkerDiedError(
                     f"the worker process running {job.name} died ({describe_exit(code)}) "
                     f"before it returned; the pool {self._name!r} replaces it, so later "
                     "calls run on a new worker",
                     code,
-                )
+                    pid=worker.process.pid,
+                ),
             )
 
     def _stop_abandoned(self, now: float) -> None:
+        # A given-up call's worker is terminated. The call keeps its slot until
+        # the process is gone (``_reap``): only then is its work really over.
         for worker in list(self._workers):
             job = worker.job
             if job is not None and job.abandoned and not job.finished:
-                job.finished = True  # its Future is settled already: nothing to deliver
-                worker.job = None
                 worker.process.terminate()
                 worker.kill_at = now + self._terminate_timeout
                 self._workers.remove(worker)
@@ -514,6 +513,9 @@ class ProcessPool(Executor):
                 worker.process.join()
                 worker.conn.close()
                 self._dying.remove(worker)
+                job, worker.job = worker.job, None
+                if job is not None and not job.finished:
+                    job.end(None, _stopped(job, self._exiting))
             elif worker.kill_at <= now:
                 worker.process.kill()  # it ignored SIGTERM
                 worker.kill_at = math.inf
@@ -537,13 +539,31 @@ class ProcessPool(Executor):
             self._closed = True
             jobs = list(self._queue)
             self._queue.clear()
-        jobs.extend(w.job for w in self._workers if w.job is not None)
+        jobs.extend(w.job for w in self._workers + self._dying if w.job is not None)
         for job in jobs:
             if not job.finished:
-                job.finished = True
-                job.fail(RuntimeError(f"the process pool {self._name!r} failed: {exc!r}"))
+                job.end(None, RuntimeError(f"the process pool {self._name!r} failed: {exc!r}"))
         for worker in self._workers + self._dying:
             worker.process.kill()
+
+
+def _broke(job: _Job, exc: BaseException) -> BaseException:
+    err = RuntimeError(
+        f"the process pool could not handle {job.name}: {type(exc).__name__} while sending "
+        "the call or reading its outcome; the pool carries on"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _stopped(job: _Job, exiting: bool) -> Any:
+    # A worker terminated for its job: normally the caller gave up, and the
+    # Future is settled already (the outcome is then dropped).
+    if exiting:
+        return ExecutorShutdownError(
+            f"the interpreter exited while {job.name} ran; its worker process was terminated"
+        )
+    return CANCELLED
 
 
 def _reset_after_fork() -> None:
@@ -554,10 +574,12 @@ def _reset_after_fork() -> None:
         pool._woken = False
         pool._wake_r = pool._wake_w = None
         pool._manager = None
+        pool._exiting = False
         pool._workers, pool._dying = [], []
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _stop_pool(ref: weakref.ref[ProcessPool]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import time
 import warnings
 import weakref
 from asyncio import Future
@@ -13,13 +12,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, ParamSpec, TypeVar, Union, cast, overload
 
+from ._bound import Bound, check_bounds
 from ._decorator import ExecutorSpec, Offloader, decorate
-from ._dispatch import sends_by_pickle
 from ._errors import ExecutorShutdownError, UnknownExecutorError
-from ._foreign import broken_hooks
-from ._monitor import ExecutorStats, Monitor, WhenFull, check_bounds
-from ._pool import ThreadPool, default_thread_count
+from ._kinds import broken_hooks, kind_of, wait_for_all
+from ._pool import ThreadPool, default_thread_count, usable_cpus
 from ._process import START_METHOD_VARIABLE, ProcessPool
+from ._route import Route
+from ._stats import ExecutorStats, Stats, WhenFull, snapshot
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,7 +60,7 @@ def _cpu_pool() -> Executor:
     method = os.environ.get(START_METHOD_VARIABLE) or None
     try:
         return ProcessPool(
-            _size_from_env("cpu", os.cpu_count() or 1), start_method=method, name="offload-cpu"
+            _size_from_env("cpu", usable_cpus()), start_method=method, name="offload-cpu"
         )
     except ValueError as exc:
         if method is not None and str(exc).startswith("start_method"):
@@ -74,7 +74,7 @@ _cpu_pool.__qualname__ = "builtin 'cpu' pool"
 def _sends_by_pickle(executor_or_factory: object) -> bool:
     """Whether what a name is registered with pickles calls with the standard pickle."""
     if isinstance(executor_or_factory, Executor):
-        return sends_by_pickle(executor_or_factory)
+        return kind_of(executor_or_factory).pickles
     if executor_or_factory is _cpu_pool:
         return True
     return isinstance(executor_or_factory, type) and issubclass(
@@ -83,9 +83,19 @@ def _sends_by_pickle(executor_or_factory: object) -> bool:
 
 
 class _Entry:
-    """One name: its executor (made lazily from its factory) and its state."""
+    """One registration of a name: its executor (made lazily from its factory) and route."""
 
-    __slots__ = ("closed", "executor", "factory", "is_default", "lock", "monitor", "name")
+    __slots__ = (
+        "bound",
+        "closed",
+        "executor",
+        "factory",
+        "is_default",
+        "lock",
+        "name",
+        "route",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -100,38 +110,49 @@ class _Entry:
         self.is_default = is_default
         self.closed = False
         self.lock = threading.Lock()
-        self.monitor = Monitor(name)  # the registry swaps in the name's own
+        self.route: Route | None = None
+        # The name's, shared by each of its registrations; set by the registry.
+        self.stats: Stats = Stats(name)
+        self.bound: Bound | None = None
 
-    def create(self) -> Executor:
+    def create(self) -> Route:
+        """The route to this entry's executor, making the executor on first use."""
         with self.lock:  # first calls may race: the factory runs exactly once
             if self.closed:
                 raise ExecutorShutdownError(
                     f"the executor {self.name!r} was shut down and takes no new calls; register "
                     f"a new one with register({self.name!r}, executor_or_factory, replace=True)"
                 )
-            if self.executor is None and self.factory is not None:
-                executor = self.factory()
-                if not isinstance(executor, Executor):
-                    raise TypeError(
-                        f"the factory registered as {self.name!r} returned {executor!r}, "
-                        "not a concurrent.futures.Executor"
-                    )
-                self.executor = self.monitor.executor = executor
-            return cast("Executor", self.executor)
+            if self.route is None:
+                executor = self.executor
+                if executor is None:
+                    executor = cast("Callable[[], Executor]", self.factory)()
+                    if not isinstance(executor, Executor):
+                        raise TypeError(
+                            f"the factory registered as {self.name!r} returned {executor!r}, "
+                            "not a concurrent.futures.Executor"
+                        )
+                    self.executor = executor
+                self.route = Route(executor, stats=self.stats, bound=self.bound)
+            return self.route
 
     def drop_broken(self, executor: Executor) -> bool:
         """Forget ``executor`` if it is this entry's and a factory can replace it."""
         with self.lock:
             if self.executor is not executor or self.factory is None:
                 return False
-            self.executor = None  # the factory makes a new one on the next call
-        executor.shutdown(wait=False)
+            self.executor = self.route = None  # the factory makes a new one on the next call
+        # Not here: this runs inside the broken pool's own callback, which since
+        # Python 3.12 holds the lock its shutdown takes.
+        threading.Thread(
+            target=executor.shutdown, kwargs={"wait": False}, name="offload-replace", daemon=True
+        ).start()
         return True
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         if self.factory is not None:
-            self.executor = None  # made anew on first use in the child
+            self.executor = self.route = None  # made anew on first use in the child
 
 
 _registries: weakref.WeakSet[Registry] = weakref.WeakSet()
@@ -142,11 +163,14 @@ def _reset_after_fork() -> None:
         registry._lock = threading.RLock()
         for entry in registry._entries.values():
             entry.after_fork()
-        for monitor in registry._monitors.values():
-            monitor.after_fork()
+        for stats in registry._stats.values():
+            stats.after_fork()
+        for bound in registry._bounds.values():
+            bound.after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _replace_broken(executor: Executor) -> bool:
@@ -191,7 +215,9 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
-        self._monitors: dict[str, Monitor] = {}
+        # Per name, kept across its registrations: its counters and its bound.
+        self._stats: dict[str, Stats] = {}
+        self._bounds: dict[str, Bound] = {}
         self.register("default", _builtin_pool("default", default_thread_count), default=True)
         self.register("io", _builtin_pool("io", lambda: IO_THREADS), default=True)
         self.register("cpu", _cpu_pool, default=True)
@@ -283,19 +309,27 @@ class Registry:
                         f"an executor is already registered as {name!r}; "
                         "pass replace=True to replace it"
                     )
-            # A name keeps its counters (and its waiting calls) across replacements.
-            monitor = entry.monitor = self._monitors.setdefault(name, entry.monitor)
-            monitor.executor = entry.executor
-            monitor.configure(max_pending, when_full, warn_after)
+            # A name keeps its counters and its line of waiting calls across
+            # replacements: once a slot frees, a waiting call goes to the new executor.
+            stats = entry.stats = self._stats.setdefault(name, entry.stats)
+            if name not in self._bounds:
+                self._bounds[name] = Bound(name, functools.partial(self._route, name))
+            entry.bound = self._bounds[name]
+            stats.warn_after = float("inf") if warn_after is None else float(warn_after)
+            if entry.executor is not None:
+                entry.route = Route(entry.executor, stats=stats, bound=entry.bound)
             self._entries[name] = entry
+        entry.bound.configure(max_pending, when_full)
         if old is not None and old.factory is not None and old.executor is not None:
-            old.executor.shutdown(wait=False)
+            kind_of(old.executor).stop(cancel_futures=False)  # what it holds still runs
 
     def _sends_by_pickle(self, name: str) -> bool:
         """Whether ``name`` is known now to be a process pool (for decoration-time checks)."""
         entry = self._entries.get(name)
         if entry is None:
             return False
+        if entry.route is not None:
+            return entry.route.kind.pickles
         return _sends_by_pickle(entry.executor if entry.executor is not None else entry.factory)
 
     def get_executor(self, name: str = "default") -> Executor:
@@ -310,16 +344,16 @@ class Registry:
             >>> offload.Registry().get_executor("io").max_workers
             64
         """
-        return self._route(name)[0]
+        return self._route(name).executor
 
-    def _route(self, name: str) -> tuple[Executor, Monitor]:
-        """The executor for a call through ``name``, and the monitor that counts it."""
+    def _route(self, name: str) -> Route:
+        """The route of a call through ``name``, made with its executor on first use."""
         try:
             entry = self._entries[name]
         except KeyError:
             raise UnknownExecutorError(name, self.names()) from None
-        executor = entry.executor
-        return (executor if executor is not None else entry.create()), entry.monitor
+        route = entry.route
+        return route if route is not None else entry.create()
 
     def stats(self) -> dict[str, ExecutorStats]:
         """Each name's counters and timings, as plain data (JSON-ready).
@@ -342,8 +376,18 @@ class Registry:
             >>> registry.shutdown()
         """
         with self._lock:
-            monitors = list(self._monitors.values())
-        return {monitor.name: monitor.snapshot() for monitor in sorted(monitors, key=_by_name)}
+            names = sorted(self._stats)
+            parts = [(self._stats[n], self._entries.get(n), self._bounds[n]) for n in names]
+        return {
+            stats.name: snapshot(
+                stats,
+                None if entry is None else entry.executor,
+                bound.limit,
+                bound.when_full,
+                bound.waiting(),
+            )
+            for stats, entry, bound in parts
+        }
 
     def shutdown(
         self, wait: bool = True, cancel_futures: bool = False, timeout: float | None = None
@@ -368,31 +412,25 @@ class Registry:
             ('cpu', 'default', 'io')
         """
         with self._lock:
-            executors: dict[str, Executor] = {}
+            kinds = {}
             for name, entry in self._entries.items():
                 with entry.lock:
                     entry.closed = True
-                    if entry.executor is not None:
-                        executors[name] = entry.executor
-                    entry.executor = None
-            monitors = list(self._monitors.values())
-        for monitor in monitors:  # calls waiting for a slot will never get one
-            monitor.fail_waiting(functools.partial(_shut_down, monitor.name))
-        for executor in executors.values():
-            _stop(executor, cancel_futures)
+                    if entry.route is not None:
+                        kinds[name] = entry.route.kind
+                    entry.executor = entry.route = None
+            bounds = list(self._bounds.values())
+        for bound in bounds:  # calls waiting for a slot will never get one
+            bound.fail_waiting(functools.partial(_shut_down, bound.name))
+        for kind in kinds.values():
+            kind.stop(cancel_futures)
         if not wait:
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        stuck = {
-            name: executor
-            for name, executor in executors.items()
-            if not _wait_for(executor, deadline)
-        }
+        stuck = wait_for_all(kinds, timeout)
         if stuck:
-            for name, executor in stuck.items():
-                if isinstance(executor, ThreadPool):
-                    executor._give_up(functools.partial(_gave_up, name, timeout))
-            listing = ", ".join(f"{name!r} ({executor!r})" for name, executor in stuck.items())
+            for name, kind in stuck.items():
+                kind.give_up(functools.partial(_gave_up, name, timeout))
+            listing = ", ".join(f"{name!r} ({kind.executor!r})" for name, kind in stuck.items())
             warnings.warn(
                 f"offload shutdown gave up after {timeout}s; still running: {listing}",
                 RuntimeWarning,
@@ -455,10 +493,6 @@ class Registry:
         return decorate(self, fn, executor, timeout)
 
 
-def _by_name(monitor: Monitor) -> str:
-    return monitor.name
-
-
 def _shut_down(name: str) -> ExecutorShutdownError:
     return ExecutorShutdownError(
         f"the executor {name!r} was shut down while this call waited for a max_pending slot"
@@ -471,23 +505,3 @@ def _gave_up(name: str, timeout: float | None) -> ExecutorShutdownError:
         "queued or running; a running thread cannot be stopped and runs on, but its "
         "outcome is dropped"
     )
-
-
-def _stop(executor: Executor, cancel_futures: bool) -> None:
-    try:
-        executor.shutdown(wait=False, cancel_futures=cancel_futures)
-    except TypeError:  # an executor with the pre-3.9 signature, such as loky's
-        executor.shutdown(wait=False)
-
-
-def _wait_for(executor: Executor, deadline: float | None) -> bool:
-    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-    if isinstance(executor, (ThreadPool, ProcessPool)):
-        return executor._join(remaining)
-    if remaining is None:
-        executor.shutdown(wait=True)
-        return True
-    waiter = threading.Thread(target=executor.shutdown, name="offload-shutdown", daemon=True)
-    waiter.start()
-    waiter.join(remaining)
-    return not waiter.is_alive()

@@ -11,8 +11,8 @@ import wrapt
 
 from ._api import default_registry
 from ._decorator import OffloadedFunction, _check_target, _get_running_loop
-from ._dispatch import dispatch
 from ._errors import no_running_loop
+from ._route import route_to
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,10 +84,12 @@ def run_on_executor(*args: Any, **kwargs: Any) -> Any:
                 executor: Executor | str = "default"
             else:
                 executor = getattr(instance, attribute)
-            if isinstance(executor, str):
-                executor, monitor = default_registry._route(executor)
-                return dispatch(loop, executor, wrapped, args, kwargs, monitor)
-            return dispatch(loop, executor, wrapped, args, kwargs)
+            route = (
+                default_registry._route(executor)
+                if isinstance(executor, str)
+                else route_to(executor)
+            )
+            return route.call(loop, wrapped, args, kwargs)
 
         return _TornadoOffloaded(fn, run_offloaded)
 

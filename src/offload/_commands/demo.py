@@ -20,7 +20,7 @@ from typing import Any
 from tornado import gen
 from tornado.ioloop import PeriodicCallback
 
-from ._api import offload
+from offload import offload
 
 TASKS = 10
 HEARTBEAT_SECONDS = 0.05

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import _demo, _soak
+from . import demo as _demo
+from . import soak as _soak
 
 
 def main(argv: list[str] | None = None) -> int:
