@@ -20,6 +20,7 @@ from tornado.concurrent import run_on_executor
 from tornado.ioloop import IOLoop
 
 import offload
+from offload._route import Route
 
 from .workloads import ASYNC_SHAPES, GEN_SHAPES, THREAD_SHAPES, ShapeSet
 
@@ -81,9 +82,11 @@ class _UncountedRegistry(offload.Registry):
     """A registry whose names keep no statistics: the gap between the "offload"
     row and this one is what statistics cost."""
 
-    def _route(self, name: str) -> Any:
-        executor, _monitor = super()._route(name)
-        return executor, None
+    def register(self, name: str, executor_or_factory: Any, **options: Any) -> None:
+        super().register(name, executor_or_factory, **options)
+        entry = self._entries[name]
+        if entry.executor is not None:  # the same route, with no statistics and no bound
+            entry.route = Route(entry.executor)
 
 
 def _offload_unmonitored(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
@@ -157,6 +160,19 @@ MECHANISMS: tuple[Mechanism, ...] = (
         _offload_pool,
     ),
     Mechanism("offload_tpe", "offload (stdlib ThreadPoolExecutor)", ASYNCIO, _offload_executor),
+    Mechanism(
+        "offload_gen",
+        "offload (own ThreadPool, gen.coroutine)",
+        TORNADO_GEN,
+        _offload_registered,
+        _offload_pool,
+    ),
+    Mechanism(
+        "offload_tpe_gen",
+        "offload (stdlib ThreadPoolExecutor, gen.coroutine)",
+        TORNADO_GEN,
+        _offload_executor,
+    ),
     Mechanism(
         "run_on_executor",
         "tornado run_on_executor [ref]",

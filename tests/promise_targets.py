@@ -88,7 +88,7 @@ def meet(folder: Path, index: int, count: int) -> Where:
     return where()
 
 
-class Boom(ValueError):
+class Boom(ValueError):  # noqa: N818 - what the call does, as a test reads it
     """What ``boom`` raises."""
 
 
@@ -170,11 +170,11 @@ class UnprintableError(Exception):
         raise RuntimeError("this exception has no repr either")
 
 
-class Detonation(BaseException):  # noqa: N818 - named for what it does on load
+class Detonation(BaseException):
     """What unpickling a ``Poison`` raises: not an Exception, so ``except Exception`` misses it."""
 
 
-class Abort(BaseException):  # noqa: N818 - a BaseException subclass, as KeyboardInterrupt is
+class Abort(BaseException):
     """A BaseException subclass a worker raises."""
 
 

@@ -230,8 +230,8 @@ class StdProcesses(Kind):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor)
         self.lock = threading.Lock()
-        # Calls waiting for a worker, each with its shipped target and name.
-        self.backlog: collections.deque[tuple[Call, tuple[Any, str]]] = collections.deque()
+        # Calls waiting for a worker, each with its pickled call and its name.
+        self.backlog: collections.deque[tuple[Call, tuple[bytes, str]]] = collections.deque()
         self.in_flight = 0  # calls the pool holds
         self.limit = workers_of(executor) or 1
         self.closing = False  # stop() was asked: shut the pool down once the backlog is sent
@@ -245,36 +245,33 @@ class StdProcesses(Kind):
 
     def send(self, call: Call) -> None:
         """Hand ``call`` to the pool if a worker is free, else keep it in the backlog."""
-        # Refused here, as at the pool, whether the call is sent now or waits.
-        shipped = ship(call[FN], self.executor.__repr__)
+        # Refused here, as at the pool, whether the call is sent now or waits;
+        # pickled here, on the caller's thread, so a refill from the backlog
+        # (on the pool's own thread) only submits.
+        target, name = ship(call[FN], self.executor.__repr__)
         if getattr(self.executor, "_shutdown_thread", False):
             raise RuntimeError("cannot schedule new futures after shutdown")
+        try:
+            data = pack_call(target, call[ARGS], call[KWARGS], name)
+        except NotPicklableError as exc:
+            fail_unstarted(call, exc)
+            return
         with self.lock:
             if self.in_flight >= self.limit:
-                self.backlog.append((call, shipped))
+                self.backlog.append((call, (data, name)))
                 return
             self.in_flight += 1
         try:
-            sent = self._submit(call, *shipped)
+            sent = self._submit(call, data, name)
         except BaseException:
             self._freed()
             raise
         if not sent:
             self._freed()
 
-    def _submit(self, call: Call, target: Any, name: str) -> bool:
-        """Pickle the call here and submit the bytes; false if the call failed instead.
-
-        Only what the pool needs is done before ``submit``: one call at a time,
-        work before it adds to every call's latency, while work after it runs
-        as the pool's own threads wake up.
-        """
+    def _submit(self, call: Call, data: bytes, name: str) -> bool:
+        """Submit a pickled call; false if the call failed instead (the pool broke)."""
         executor = self.executor
-        try:
-            data = pack_call(target, call[ARGS], call[KWARGS], name)
-        except NotPicklableError as exc:
-            fail_unstarted(call, exc)
-            return False
         try:
             pool_future = executor.submit(run_shipment, data, name)
         except BrokenProcessPool as exc:  # it broke while idle
