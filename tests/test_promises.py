@@ -159,6 +159,8 @@ class Pools:
         """
         folder = self.folder / f"meeting{next(self._meetings)}"
         folder.mkdir()
+        if isinstance(executor, offload.DaskExecutor):
+            return _meet_on_cluster(executor.client, folder)
         count = WORKERS[kind]
         futures = [executor.submit(pt.meet, folder, i, count) for i in range(count)]
         _, not_done = wait_all(futures, timeout=SOON + MARGIN)
@@ -194,6 +196,19 @@ class Pools:
             self._cluster.close()
             for _ in range(3):  # Dask leaves cycles as it closes; free them for later modules
                 gc.collect()
+
+
+def _meet_on_cluster(client: Any, folder: Path) -> set[pt.Where]:
+    # One call pinned to each worker: the scheduler may see a worker as free while
+    # its one thread still finishes a cancelled task, and put two calls there.
+    distributed = pytest.importorskip("distributed")
+    workers = sorted(client.scheduler_info()["workers"])
+    tasks = [
+        client.submit(pt.meet, folder, i, len(workers), workers=[worker], pure=False)
+        for i, worker in enumerate(workers)
+    ]
+    distributed.wait(tasks, timeout=SOON + MARGIN)
+    return set(client.gather(tasks))
 
 
 def _stop(executor: Executor) -> None:
@@ -367,17 +382,19 @@ class Case:
             await self.started(self.path(f"busy{i}"), future)
         return futures
 
-    async def reached_the_pool(self, name: str) -> None:
+    async def reached_the_pool(self, name: str, *, waiting: bool | None = None) -> None:
         """Return once the queued calls of function ``name`` have reached the executor.
 
         A ProcessPoolExecutor moves queued calls to its workers' call queue, where they
         can no longer be cancelled, as soon as its manager thread wakes up; a probe
         submitted after them is marked running once it has done so. A cluster hears
         of a task, and of its cancellation, through messages that may overtake each
-        other; a task it knows is queued there. Through a bounded name, the calls wait
-        for the slot instead.
+        other; a task it knows is queued there. Calls that wait for a bounded name's
+        slot (``waiting``, by default in bounded mode) have not left yet.
         """
-        if self.naming == "bounded":
+        if waiting is None:
+            waiting = self.naming == "bounded"
+        if waiting:
             return
         deadline = time.monotonic() + WAIT
         if self.kind in STDLIB_PROCESS_KINDS:
@@ -790,6 +807,7 @@ async def test_a_pools_own_shutdown_with_cancel_futures_drops_its_queued_calls(
     busy = await case.fill(through_name=False)
     marks = [case.path(f"queued{i}") for i in range(2)]
     queued = [case.call(pt.mark)(path) for path in marks]  # bounded: the second one waits
+    await case.reached_the_pool("mark", waiting=False)  # the first holds the slot
     await turns()
     returned = _in_thread(
         functools.partial(case.executor.shutdown, wait=False, cancel_futures=True)

@@ -80,13 +80,11 @@ class Route:
         other's values. Other processes get no contextvars.
         """
         future = loop.create_future()
+        delivery = _deliveries.get(id(loop)) or delivery_for(loop)
         stats = self.stats
         queued_at = 0.0
         if stats is not None:
-            try:
-                row: list[int] = stats.local.row
-            except AttributeError:
-                row = stats.new_row()
+            row = delivery.rows.get(stats) or delivery.row(stats)
             number = row[SUBMITTED]
             row[SUBMITTED] = number + 1
             if self.bound.limit is not None:  # type: ignore[union-attr]  # a name has a bound
@@ -95,7 +93,6 @@ class Route:
             # statistics cost, and the percentiles need only a sample.
             if not number & self.sample_mask:
                 queued_at = now()
-        delivery = _deliveries.get(id(loop)) or delivery_for(loop)
         call = (
             run, never_ran, future, delivery, copy_context(),
             fn, args, kwargs, self, queued_at, False,

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 logger = logging.getLogger("offload")
 
@@ -137,7 +137,9 @@ class Stats:
         #: ``local.row`` is the calling thread's row of counters.
         self.local = threading.local()
         self.lock = threading.Lock()  # guards ``rows`` and ``retired``, not the counts
-        self.rows: list[tuple[weakref.ref[threading.Thread], list[int]]] = []
+        # Each row with its owner, the only one that writes it: a thread, or a
+        # loop's Delivery (for what is counted on that loop's thread).
+        self.rows: list[tuple[weakref.ref[Any], list[int]]] = []
         self.retired = [0] * _COUNTERS
         self.waits: collections.deque[float] = collections.deque(maxlen=WINDOW)
         self.runs: collections.deque[float] = collections.deque(maxlen=WINDOW)
@@ -152,6 +154,13 @@ class Stats:
                 self._fold_ended()
             self.rows.append((weakref.ref(threading.current_thread()), row))
         self.local.row = row
+        return row
+
+    def row_for(self, owner: object) -> list[int]:
+        """A row for ``owner`` (a loop's Delivery) to count in; folded away once it is gone."""
+        row = [0] * _COUNTERS
+        with self.lock:
+            self.rows.append((weakref.ref(owner), row))
         return row
 
     def add(self, counter: int) -> None:
@@ -172,12 +181,12 @@ class Stats:
                 totals[i] += value
         return totals
 
-    def _fold_ended(self) -> list[tuple[weakref.ref[threading.Thread], list[int]]]:
-        # With the lock held: add the rows of ended threads into ``retired``.
+    def _fold_ended(self) -> list[tuple[weakref.ref[Any], list[int]]]:
+        # With the lock held: add the rows of ended threads and gone loops into ``retired``.
         kept = []
         for ref, row in self.rows:
-            thread = ref()
-            if thread is None or not thread.is_alive():  # it writes no more
+            owner = ref()
+            if owner is None or (isinstance(owner, threading.Thread) and not owner.is_alive()):
                 for i, value in enumerate(row):
                     self.retired[i] += value
             else:
