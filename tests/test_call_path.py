@@ -317,3 +317,32 @@ def test_a_worker_dying_under_a_bounded_stdlib_process_pool_never_deadlocks() ->
     assert isinstance(outcomes[0], offload.WorkerDiedError)
     assert isinstance(outcomes[1], BaseException)  # sent to the broken pool, it fails clearly
     registry.shutdown()
+
+
+_EXIT_WHILE_STARTING = """
+import asyncio, time, offload
+
+async def main():
+    pool = offload.ProcessPool(1, start_method="spawn")
+    hang = offload.offload(time.sleep, executor=pool)
+    calls = [hang(3600) for _ in range(5)]  # the manager is starting the worker now
+    await asyncio.sleep(0)
+    return calls
+
+asyncio.run(main())
+print("exiting")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_interpreter_exits_while_a_process_pool_starts_a_worker_for_a_hanging_call() -> None:
+    """Exit never hangs on a ProcessPool, even holding a call between its queue and a worker."""
+    for _ in range(3):
+        done = subprocess.run(  # noqa: S603 - this interpreter, with our own code
+            [sys.executable, "-c", _EXIT_WHILE_STARTING],
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+            check=False,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "exiting"), done.stderr
