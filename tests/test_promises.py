@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import importlib
 import itertools
 import multiprocessing
 import os
@@ -36,6 +37,13 @@ from tests.conftest import WAIT
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Importing Dask makes every traceback picklable (tblib), in this process and in the
+# workers it forks, which changes what an exception brings back from a forked worker.
+# Imported first, as in an application that uses Dask (and as in the whole suite, which
+# collects test_clusters), so that no outcome depends on which tests ran before.
+with contextlib.suppress(ImportError):
+    importlib.import_module("distributed")
 
 pytestmark = [
     # Python 3.12+ warns when a multi-threaded process forks; fork is a kind under test.
