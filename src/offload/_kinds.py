@@ -3,7 +3,7 @@
 ``kind_of(executor)`` picks the first class in ``KINDS`` that accepts the
 executor. It runs once, when a Route to the executor is made; no call asks
 again. Each kind says how to send a call, whether calls must pickle, whether
-it may be sent a call from any thread, what a timeout does to a running
+a call that waited for a slot may be handed to it inline, what a timeout does to a running
 call, and how to stop and wait for the executor. Adding an executor kind is
 one new class here, put in ``KINDS`` before the kinds it is more specific than.
 
@@ -65,8 +65,6 @@ class Kind:
 
     #: Calls must pickle with the standard pickle (so no lambdas): checked at decoration.
     pickles: ClassVar[bool] = False
-    #: ``send`` may be called from any thread; else only on the call's loop.
-    any_thread: ClassVar[bool] = False
     #: What a timeout does to a call that is running, for the TimeoutError.
     on_timeout: ClassVar[str] = "it may run on, and its outcome is dropped"
     #: Time every call, not a sample: right where a call costs far more than the clock.
@@ -113,7 +111,6 @@ class Kind:
 class OwnThreads(Kind):
     """offload's [`ThreadPool`][offload.ThreadPool]: the call tuple goes straight on its queue."""
 
-    any_thread = True
     times_every_call = False
     hand_over_inline = True
     on_timeout = (
@@ -147,7 +144,6 @@ class Threads(Kind):
     call travels in a ``Held``: if the pool drops it unrun, it ends as never run.
     """
 
-    any_thread = True
     times_every_call = False
     on_timeout = OwnThreads.on_timeout
 
@@ -220,7 +216,6 @@ class StdProcesses(Kind):
     """
 
     pickles = True
-    any_thread = True
     on_timeout = (
         "offload cannot stop one call on a standard ProcessPoolExecutor, so it runs on "
         "and its outcome is dropped (offload.ProcessPool terminates it)"
