@@ -10,12 +10,15 @@ from concurrent.futures import Executor
 from typing import Any
 
 from tornado import gen
-from tornado.testing import AsyncTestCase, gen_test
+# The module, not its base classes: pytest would collect a TestCase imported by name
+# (Tornado before 6.4.1 cannot be instantiated that way).
+from tornado import testing
+from tornado.testing import gen_test
 
 import offload
 
 
-class TornadoLoopTest(AsyncTestCase):
+class TornadoLoopTest(testing.AsyncTestCase):
     """On a Tornado IOLoop, via ``tornado.testing``."""
 
     def setUp(self) -> None:

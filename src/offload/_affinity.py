@@ -40,7 +40,7 @@ class DeadlockError(RuntimeError):
     once. Call the function directly instead: the waiting code already runs on
     the right thread.
 
-    Example:
+    Examples:
         >>> import offload
         >>> worker = offload.AffineThread(name="db")
         >>> def nested():
@@ -113,7 +113,7 @@ class AffineThread(Executor):
 
     The thread ends on ``shutdown``, or once the executor is garbage.
 
-    Example:
+    Examples:
         >>> import asyncio, sqlite3, offload
         >>> db_thread = offload.AffineThread(name="sqlite")
         >>> connect = offload.offload(sqlite3.connect, executor=db_thread)
@@ -155,7 +155,7 @@ class AffineThread(Executor):
     def is_current(self) -> bool:
         """Whether the calling code runs on this executor's thread.
 
-        Example:
+        Examples:
             >>> import offload
             >>> worker = offload.AffineThread()
             >>> worker.is_current(), worker.submit(worker.is_current).result()

@@ -78,7 +78,7 @@ def offload(fn: Any = None, /, executor: Any = None, timeout: Any = None) -> Any
             instead), or ``executor`` is neither a name nor an Executor; or
             ``fn`` is a lambda or nested function bound for a process pool.
 
-    Example:
+    Examples:
         >>> import asyncio, time
         >>> from offload import offload
         >>> @offload("io")
@@ -112,7 +112,7 @@ def register(
     See [`Registry.register`][offload.Registry.register] for the arguments, the
     lookup order and the bound on pending calls.
 
-    Example:
+    Examples:
         >>> import offload
         >>> offload.register("db", lambda: offload.ThreadPool(4, name="offload-db"))
         >>> offload.get_executor("db").max_workers
@@ -137,7 +137,7 @@ def stats() -> dict[str, ExecutorStats]:
     [`ExecutorStats`][offload.ExecutorStats]; serve them over HTTP with
     [`StatsHandler`][offload.StatsHandler].
 
-    Example:
+    Examples:
         >>> import offload
         >>> io = offload.stats()["io"]
         >>> io["name"], io["max_pending"]
@@ -149,7 +149,7 @@ def stats() -> dict[str, ExecutorStats]:
 def get_executor(name: str = "default") -> Executor:
     """The executor registered as ``name``, created on first use.
 
-    Example:
+    Examples:
         >>> import offload
         >>> offload.get_executor("io")
         <offload.ThreadPool 'offload-io' max_workers=64 ...>
@@ -163,7 +163,7 @@ def shutdown(wait: bool = True, cancel_futures: bool = False, timeout: float | N
     See [`Registry.shutdown`][offload.Registry.shutdown]. Call it once as your
     application exits.
 
-    Example:
+    Examples:
         >>> import offload
         >>> offload.shutdown(timeout=10.0)  # doctest: +SKIP
     """

@@ -237,7 +237,7 @@ def cancelled() -> bool:
     Raises:
         RuntimeError: called outside an offloaded call, for example on the loop.
 
-    Example:
+    Examples:
         >>> import asyncio, offload
         >>> @offload.offload
         ... def crunch(n):
@@ -273,7 +273,7 @@ def check_cancelled() -> None:
         asyncio.CancelledError: the caller cancelled the Future or it timed out.
         RuntimeError: called outside an offloaded call.
 
-    Example:
+    Examples:
         >>> import asyncio, offload
         >>> @offload.offload
         ... def steps(n):

@@ -50,7 +50,7 @@ class DaskExecutor(Executor):
     Connecting blocks until the scheduler answers, so make it at start-up, or
     register a factory and accept that the first call waits for the connection.
 
-    Example:
+    Examples:
         >>> import offload
         >>> offload.register(  # doctest: +SKIP
         ...     "cluster", lambda: offload.DaskExecutor("tcp://scheduler:8786")

@@ -8,6 +8,7 @@ import inspect
 from asyncio import Future
 from collections.abc import Callable
 from concurrent.futures import Executor
+from types import MethodType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Union, overload
 
 import wrapt
@@ -34,7 +35,7 @@ _get_running_loop = asyncio._get_running_loop
 class Offloader(Protocol):
     """What ``offload(...)`` returns when given options: the decorator itself.
 
-    Example:
+    Examples:
         >>> import asyncio, offload
         >>> on_io = offload.offload("io", timeout=5.0)  # an Offloader
         >>> shout = on_io(str.upper)
@@ -52,7 +53,18 @@ class Offloader(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, Future[R]]: ...
 
 
-class OffloadedFunction(wrapt.FunctionWrapper[..., Any]):
+if TYPE_CHECKING:
+    _Wrapper = wrapt.FunctionWrapper[..., Any]
+else:
+    # wrapt's classes take type arguments only from 2.1.2; at run time the plain
+    # class serves every wrapt the project supports.
+    _Wrapper = wrapt.FunctionWrapper
+
+#: What wrapt passes as ``wrapped`` for ``Class.method(instance, ...)``.
+_ClassCall = type(wrapt.PartialCallableObjectProxy(print))
+
+
+class OffloadedFunction(_Wrapper):
     """A callable wrapped by ``offload``; ``__wrapped__`` is the sync original."""
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -127,10 +139,14 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
         # Looked up at every call, so an application can re-point the name.
         entries, name = registry._entries, spec
 
-        def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
+            if instance is not None and type(wrapped) is _ClassCall:
+                # Class.method(instance, ...): a bound method, as instance.method(...)
+                # gives, so a process pool can send the instance with the call.
+                wrapped = MethodType(wrapped.__wrapped__, instance)
             entry = entries.get(name)
             route = None if entry is None else entry.route
             if route is None:
@@ -140,10 +156,12 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
     else:
         route = Route(spec)  # no name, so no statistics or bound
 
-        def run_offloaded(wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
             loop = _get_running_loop()
             if loop is None:
                 raise no_running_loop(wrapped)
+            if instance is not None and type(wrapped) is _ClassCall:
+                wrapped = MethodType(wrapped.__wrapped__, instance)
             return route.call(loop, wrapped, args, kwargs, timeout)
 
     return OffloadedFunction(fn, run_offloaded)

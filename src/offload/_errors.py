@@ -14,7 +14,7 @@ class UnknownExecutorError(LookupError):
     Raised synchronously when a decorated function is called, because names are
     resolved at call time.
 
-    Example:
+    Examples:
         >>> import offload
         >>> registry = offload.Registry()
         >>> try:
@@ -40,7 +40,7 @@ class ExecutorShutdownError(RuntimeError):
 
     Register a new executor under the name (``replace=True``) to use it again.
 
-    Example:
+    Examples:
         >>> import offload
         >>> registry = offload.Registry()
         >>> registry.shutdown()
@@ -63,7 +63,7 @@ class WorkerDiedError(BrokenProcessPool):
     ``concurrent.futures.process.BrokenProcessPool``, so existing handlers
     still catch it.
 
-    Example:
+    Examples:
         >>> import offload
         >>> err = offload.WorkerDiedError("the worker died", exitcode=-9)
         >>> err.signal
@@ -103,7 +103,7 @@ class NotPicklableError(pickle.PicklingError):
     name), the arguments and the result. This error says which of them failed
     and why; the original error is its ``__cause__``. The pool stays usable.
 
-    Example:
+    Examples:
         >>> import offload, pickle
         >>> issubclass(offload.NotPicklableError, pickle.PicklingError)
         True
@@ -116,7 +116,7 @@ class OverloadedError(RuntimeError):
     Raised synchronously by the call, before anything is queued, so a flood
     costs no memory. ``name`` and ``max_pending`` say which bound was hit.
 
-    Example:
+    Examples:
         >>> import asyncio, threading, offload
         >>> registry = offload.Registry()
         >>> registry.register("db", offload.ThreadPool(1), max_pending=1, when_full="fail")
@@ -148,7 +148,7 @@ class OverloadedError(RuntimeError):
 def describe_exit(exitcode: int | None) -> str:
     """``exitcode`` in words: "exit code 3", "killed by SIGKILL" or "".
 
-    Example:
+    Examples:
         >>> describe_exit(-9), describe_exit(3), describe_exit(None)
         ('killed by SIGKILL', 'exit code 3', 'exit code unknown')
     """

@@ -60,7 +60,7 @@ class Facade(Generic[S], metaclass=_FacadeType):
     (The leading underscore keeps these names clear of the sync class's, as in
     ``namedtuple._replace``.)
 
-    Example:
+    Examples:
         >>> import asyncio, offload
         >>> class Counter:
         ...     def __init__(self):
@@ -305,7 +305,7 @@ def facade(
     for a facade of one class shares it (and ``isinstance`` works across them).
     The class is named ``name``, by default ``"Async"`` plus the sync name.
 
-    Example:
+    Examples:
         >>> import asyncio, io, offload
         >>> AsyncBytes = offload.facade(io.BytesIO, executor="io", run=["read", "write", "seek"])
         >>> offload.facade(io.BytesIO, executor="io", run=["read", "write", "seek"]) is AsyncBytes
@@ -358,7 +358,7 @@ def assert_parity(facade_class: type[Facade[Any]], *, ignore: Iterable[str] = ()
     ``ignore`` are left out on purpose; a name there that the sync class lacks
     fails too, so the list stays honest.
 
-    Example:
+    Examples:
         >>> import offload
         >>> class Store:
         ...     def get(self, key): ...

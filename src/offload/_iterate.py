@@ -288,7 +288,7 @@ def aiterate(
     From ``@gen.coroutine`` code, where ``async for`` is not allowed, yield
     ``anext(it, None)`` (or another sentinel) until it returns the sentinel.
 
-    Example:
+    Examples:
         >>> import asyncio, io, offload
         >>> async def main():
         ...     lines = offload.aiterate(io.StringIO("a\nb\n"), executor="io")
@@ -322,7 +322,7 @@ def agenerator(fn: Any = "default", /, *, executor: Any = None, prefetch: int = 
     ``aiterate`` for ordering, backpressure and closing. The original stays
     reachable as ``__wrapped__``.
 
-    Example:
+    Examples:
         >>> import asyncio, offload
         >>> @offload.agenerator("io")
         ... def countdown(n):
@@ -419,7 +419,7 @@ def acontext(
     cancelled while ``__enter__`` runs has ``__exit__`` called with the
     ``CancelledError``.
 
-    Example:
+    Examples:
         >>> import asyncio, threading, offload
         >>> lock = threading.Lock()
         >>> async def main():

@@ -102,9 +102,7 @@ def ship_target(fn: Any) -> Any:
     """
     owner = None
     func = fn
-    if isinstance(fn, wrapt.PartialCallableObjectProxy):  # Class.method(instance, ...)
-        func, owner = fn.__wrapped__, fn._self_args[0]
-    elif hasattr(fn, "__self__") and hasattr(fn, "__func__"):  # a bound method
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):  # a bound method
         func, owner = fn.__func__, fn.__self__
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
@@ -121,24 +119,7 @@ def ship_target(fn: Any) -> Any:
                 "again: apply offload last (outermost), @offload(...) above "
                 f"@{type(stored).__name__}."
             )
-    if isinstance(fn, wrapt.PartialCallableObjectProxy):
-        return _Bind(func, owner)
     return fn
-
-
-class _Bind:
-    """``func`` with ``owner`` as its first argument, picklable (a wrapt partial is not)."""
-
-    __slots__ = ("func", "owner")
-
-    def __init__(self, func: Any, owner: Any) -> None:
-        self.func, self.owner = func, owner
-
-    def __reduce__(self) -> tuple[type[_Bind], tuple[Any, Any]]:
-        return _Bind, (self.func, self.owner)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.func(self.owner, *args, **kwargs)
 
 
 #: Per plain function: what a worker needs to find it, pickled, and its name;

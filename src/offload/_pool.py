@@ -81,7 +81,7 @@ class ThreadPool(Executor):
     Threads are started on demand up to ``max_workers`` and are named
     ``f"{name}_{n}"``, so stack dumps show which pool runs what.
 
-    Example:
+    Examples:
         >>> import offload
         >>> pool = offload.ThreadPool(4, name="offload-db")
         >>> pool.submit(sum, [1, 2, 3]).result()

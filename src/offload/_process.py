@@ -191,7 +191,7 @@ class ProcessPool(Executor):
         terminate_timeout: Seconds between ``SIGTERM`` and ``SIGKILL`` when a
             worker is stopped.
 
-    Example:
+    Examples:
         >>> import offload
         >>> pool = offload.ProcessPool(2, start_method="spawn", name="offload-docs")
         >>> pool

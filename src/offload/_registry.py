@@ -203,7 +203,7 @@ class Registry:
     [`ProcessPool`][offload.ProcessPool] with a process per core) are built-in
     defaults, each made on first use.
 
-    Example:
+    Examples:
         >>> import offload
         >>> registry = offload.Registry()
         >>> registry.register("db", lambda: offload.ThreadPool(4, name="db"))
@@ -229,7 +229,7 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         """The registered names, sorted.
 
-        Example:
+        Examples:
             >>> import offload
             >>> offload.Registry().names()
             ('cpu', 'default', 'io')
@@ -279,7 +279,7 @@ class Registry:
             TypeError: ``name`` is not a non-empty string, or
                 ``executor_or_factory`` is neither an Executor nor callable.
 
-        Example:
+        Examples:
             >>> import offload
             >>> from concurrent.futures import ThreadPoolExecutor
             >>> registry = offload.Registry()
@@ -339,7 +339,7 @@ class Registry:
             UnknownExecutorError: nothing is registered as ``name``.
             ExecutorShutdownError: the name was shut down.
 
-        Example:
+        Examples:
             >>> import offload
             >>> offload.Registry().get_executor("io").max_workers
             64
@@ -362,7 +362,7 @@ class Registry:
         Only calls made through a name are counted; a call to an ``Executor``
         passed directly is not.
 
-        Example:
+        Examples:
             >>> import asyncio, json, offload
             >>> registry = offload.Registry()
             >>> async def main():
@@ -404,7 +404,7 @@ class Registry:
             timeout: With ``wait``, give up after this many seconds and warn
                 (``RuntimeWarning``) naming the executors still running.
 
-        Example:
+        Examples:
             >>> import offload
             >>> registry = offload.Registry()
             >>> registry.shutdown(timeout=5.0)
@@ -478,7 +478,7 @@ class Registry:
         It takes the same forms and options (``executor``, ``timeout``) as the
         module-level [`offload`][offload.offload].
 
-        Example:
+        Examples:
             >>> import asyncio, offload
             >>> registry = offload.Registry()
             >>> @registry.offload("io")

@@ -57,7 +57,7 @@ class Timings(TypedDict):
     The sample holds up to 1,024 calls: every call of a name with
     ``max_pending`` or whose calls leave this process, else one call in 8.
 
-    Example:
+    Examples:
         >>> import offload
         >>> io = offload.Registry().stats()["io"]
         >>> io["wait"]
@@ -85,7 +85,7 @@ class ExecutorStats(TypedDict):
     waiting for a ``max_pending`` slot, in the executor's queue, or running. A
     thread whose caller gave up still counts as running until it returns.
 
-    Example:
+    Examples:
         >>> import offload
         >>> stats = offload.Registry().stats()["default"]
         >>> stats["submitted"], stats["running"], stats["max_pending"]

@@ -44,7 +44,7 @@ def run_on_executor(*args: Any, **kwargs: Any) -> Any:
     - the caller's contextvars are copied into the worker, and a call cancelled
       before it starts never runs.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from concurrent.futures import ThreadPoolExecutor
         >>> from offload import run_on_executor

@@ -20,7 +20,7 @@ class StatsHandler(tornado.web.RequestHandler):
     other than the shared one. Put it behind your own authentication if the
     names and figures are not for everyone.
 
-    Example:
+    Examples:
         >>> import offload, tornado.web
         >>> app = tornado.web.Application([(r"/offload/stats", offload.StatsHandler)])
         >>> mine = offload.Registry()
