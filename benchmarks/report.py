@@ -194,10 +194,12 @@ def draw_chart(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
-    columns = min(3, len(workloads))
+    # Two panels a row: the chart is shown at a page's width (about 800 px on the docs site and
+    # a package index), where three panels a row made the labels too small to read.
+    columns = min(2, len(workloads))
     rows = -(-len(workloads) // columns)
     fig, axes = plt.subplots(
-        rows, columns, figsize=(6 * columns, 0.45 * len(mechanisms) * rows + 1.5), squeeze=False
+        rows, columns, figsize=(6 * columns, 0.4 * len(mechanisms) * rows + 1.2), squeeze=False
     )
     labels = [m.label for m in mechanisms]
     colors = [
@@ -209,8 +211,8 @@ def draw_chart(
         bars = ax.barh(labels, medians, color=colors)
         ax.invert_yaxis()
         better = "higher" if work.higher_is_better else "lower"
-        ax.set_title(f"{work.title} ({work.unit}, {better} is better)", fontsize=9)
-        ax.tick_params(labelsize=8)
+        ax.set_title(f"{work.title}\n({work.unit}, {better} is better)", fontsize=11)
+        ax.tick_params(labelsize=10)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.xaxis.set_major_locator(MaxNLocator(5))
         for bar, m in zip(bars, mechanisms, strict=True):
@@ -220,27 +222,28 @@ def draw_chart(
                     f" {ratio:.2f}×",
                     (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                     va="center",
-                    fontsize=7,
+                    fontsize=10,
                 )
-        ax.margins(x=0.18)
+        ax.margins(x=0.3)  # room for the ratio labels
     for ax in list(axes.flat)[len(workloads) :]:
         ax.axis("off")
         ax.text(
             0.0,
             0.5,
-            "Bars: medians. Labels: median / median of tornado run_on_executor,\n"
-            f"same run. {meta['calls']:,} calls per sample, {meta['window']:,} in flight;\n"
-            f"{meta['memory_calls']:,} pending calls for memory. {meta['cpu_model']}.",
-            fontsize=8,
+            "Bars: medians. Labels: median / median\n"
+            "of tornado run_on_executor, same run.\n"
+            f"{meta['calls']:,} calls per sample, {meta['window']:,} in flight;\n"
+            f"{meta['memory_calls']:,} pending calls for memory.\n{meta['cpu_model']}.",
+            fontsize=10,
             va="center",
         )
     fig.suptitle(
-        f"offload benchmarks ({meta['mode']}): medians of {meta['repeats']} interleaved repeats; "
+        f"offload benchmarks ({meta['mode']}): medians of {meta['repeats']} interleaved repeats;\n"
         f"ratios to tornado run_on_executor; {meta['python']}, {meta['cpus']} CPUs",
-        fontsize=10,
+        fontsize=12,
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return None

@@ -172,6 +172,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pairs", type=int, help="paired samples per workload for --stats-cost (full: 100)"
     )
+    parser.add_argument(
+        "--redraw",
+        type=Path,
+        metavar="JSON",
+        help="draw the chart of a saved run (its --json file) again, without measuring",
+    )
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # MECH:WORKLOAD:CALLS, in a child
     return parser.parse_args(argv)
 
@@ -180,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.sample:
         return _sample_here(args.sample)
+    if args.redraw:
+        return _redraw(args.redraw, args.chart or args.redraw.with_suffix(".png"))
     settings = dict(QUICK if args.quick else FULL)
     for name in settings:
         if getattr(args, name) is not None:
@@ -258,6 +266,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = report.draw_chart(chart_path, mechanisms, workloads, results, meta)
         print(f"chart: {problem or chart_path}")
     return 1 if failed else 0
+
+
+def _redraw(json_path: Path, chart_path: Path) -> int:
+    """The chart of a saved run, from its JSON: the mechanisms and workloads it names."""
+    document = json.loads(json_path.read_text())
+    by_key = {m.key: m for m in MECHANISMS}
+    mechanisms = [by_key[key] for key in document["mechanisms"]]
+    workloads = [w for w in WORKLOADS if w.key in document["workloads"]]
+    problem = report.draw_chart(
+        chart_path, mechanisms, workloads, document["results"], document["meta"]
+    )
+    print(f"chart: {problem or chart_path}")
+    return 1 if problem else 0
 
 
 def _stats_cost(args: argparse.Namespace, settings: dict[str, int]) -> int:

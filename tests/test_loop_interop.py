@@ -10,15 +10,12 @@ from concurrent.futures import Executor
 from typing import Any
 
 from tornado import gen
-# The module, not its base classes: pytest would collect a TestCase imported by name
-# (Tornado before 6.4.1 cannot be instantiated that way).
-from tornado import testing
-from tornado.testing import gen_test
+from tornado.testing import AsyncTestCase, gen_test
 
 import offload
 
 
-class TornadoLoopTest(testing.AsyncTestCase):
+class TornadoLoopTest(AsyncTestCase):
     """On a Tornado IOLoop, via ``tornado.testing``."""
 
     def setUp(self) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import __future__
 
 import doctest
+import importlib.metadata
 import inspect
+import pathlib
+import re
 import types
 
 import pytest
@@ -98,3 +101,15 @@ def test_method_examples_run(example: doctest.DocTest) -> None:
     )
     result = runner.run(example, out=lambda _text: None)
     assert result.failed == 0, f"{example.name}: {result.failed} example(s) failed"
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """``offload.__version__`` is the version the installed metadata declares."""
+    assert offload.__version__ == importlib.metadata.version("tornado-offload")
+
+
+def test_the_api_reference_shows_every_public_name_once() -> None:
+    """``docs/api.md`` renders each name of ``__all__`` exactly once, and nothing else."""
+    page = pathlib.Path(__file__).parent.parent / "docs" / "api.md"
+    shown = re.findall(r"^::: offload\.(\w+)$", page.read_text(), flags=re.MULTILINE)
+    assert sorted(shown) == sorted(PUBLIC)

@@ -11,17 +11,14 @@ from typing import Any
 
 import pytest
 from tornado import gen
-# The module, not its base classes: pytest would collect a TestCase imported by name
-# (Tornado before 6.4.1 cannot be instantiated that way).
-from tornado import testing
-from tornado.testing import gen_test
+from tornado.testing import AsyncTestCase, gen_test
 
 import offload
 from offload import run_on_executor
 from tests.conftest import WAIT
 
 
-class RunOnExecutorTest(testing.AsyncTestCase):
+class RunOnExecutorTest(AsyncTestCase):
     """The cases of Tornado's ``RunOnExecutorTest``."""
 
     @gen_test

@@ -19,10 +19,7 @@ from examples import notes_app, sqlite_driver
 from tornado import gen
 from tornado.httpclient import HTTPResponse
 from tornado.ioloop import PeriodicCallback
-# The module, not its base classes: pytest would collect a TestCase imported by name
-# (Tornado before 6.4.1 cannot be instantiated that way).
-from tornado import testing
-from tornado.testing import gen_test
+from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
 
 import offload
@@ -65,7 +62,7 @@ async def until(condition: Any) -> None:
         await gen.sleep(0.001)
 
 
-class NotesAppTest(testing.AsyncHTTPTestCase):
+class NotesAppTest(AsyncHTTPTestCase):
     """The notes app served over HTTP from a database file in a temporary directory."""
 
     def setUp(self) -> None:

@@ -205,6 +205,7 @@ def test_a_long_queue_wait_logs_one_line_naming_the_executor_and_its_size(
     assert "'slow'" in message
     assert "slowpool" in message
     assert "has 1 workers" in message
+    assert not message.startswith("offload")  # the logger's name says it once
 
 
 def test_no_warning_while_calls_start_promptly(

@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+#: The release, the single source of the package's version (the build reads it here).
+__version__ = "0.1.0"
+
 from ._affinity import AffineThread as AffineThread
 from ._affinity import DeadlockError as DeadlockError
 from ._api import get_executor as get_executor

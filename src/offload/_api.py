@@ -49,7 +49,16 @@ def offload(
 ) -> Offloader: ...
 @overload
 def offload(*, executor: ExecutorSpec | None = None, timeout: float | None = None) -> Offloader: ...
-def offload(fn: Any = None, /, executor: Any = None, timeout: Any = None) -> Any:
+def offload(
+    fn: Callable[..., Any]
+    | classmethod[Any, ..., Any]
+    | staticmethod[..., Any]
+    | ExecutorSpec
+    | None = None,
+    /,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+) -> Any:
     """Make a blocking callable return a Future that runs it on an executor.
 
     Forms: ``@offload``, ``@offload()``, ``@offload("io")``,
