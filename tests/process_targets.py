@@ -235,3 +235,31 @@ async def eventually(condition: Callable[[], bool]) -> bool:
 async def gone(pid: int) -> bool:
     """Wait (up to WAIT) until process ``pid`` has exited and been reaped."""
     return await eventually(lambda: _exited(pid))
+
+
+@registry.offload("procs", coroutine=True)
+def power_coroutine(x: int, *, exponent: int = 2) -> tuple[int, int]:
+    return x**exponent, os.getpid()
+
+
+class Solid:
+    """The coroutine form in every binding kind, for a process pool."""
+
+    faces = 6
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    @registry.offload("procs", coroutine=True, cancel="wait")
+    def volume(self) -> tuple[int, int]:
+        return self.size**3, os.getpid()
+
+    @registry.offload("procs", coroutine=True)
+    @classmethod
+    def describe(cls, prefix: str) -> tuple[str, int]:
+        return f"{prefix}{cls.__name__}", cls.faces
+
+    @registry.offload("procs", coroutine=True)
+    @staticmethod
+    def triple(x: int) -> tuple[int, int]:
+        return 3 * x, os.getpid()

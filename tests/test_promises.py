@@ -22,7 +22,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from pathlib import Path
@@ -354,6 +354,19 @@ class Case:
         """``fn`` offloaded in this case's mode; ``timeout`` replaces the mode's own."""
         spec: str | Executor = self.executor if self.naming == "unnamed" else NAME
         return self.registry.offload(fn, executor=spec, timeout=timeout or self.timeout)
+
+    def coroutine(
+        self, fn: Callable[P, R], *, timeout: float | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        """``fn`` as a coroutine form with ``cancel="wait"``, in this case's mode."""
+        spec: str | Executor = self.executor if self.naming == "unnamed" else NAME
+        return self.registry.offload(
+            fn,
+            executor=spec,
+            timeout=timeout or self.timeout,
+            coroutine=True,
+            cancel="wait",
+        )
 
     def direct(self, fn: Callable[P, R]) -> Callable[P, asyncio.Future[R]]:
         """``fn`` offloaded to the executor itself: no name, no bound, not counted."""
@@ -1058,6 +1071,70 @@ def test_a_closed_loop_and_everything_bound_for_it_is_freed(case: Case) -> None:
     gc.collect()
     assert late() is None, "the Future of the loop is kept alive"
     assert loop_ref() is None, "the closed loop is kept alive"
+
+
+# -- 9. cancel="wait": a given-up coroutine form ends once its work is over ----------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "reason"), grid(KINDS, NAMING, ["cancelled", "timed-out"])
+)
+async def test_a_given_up_coroutine_ends_only_once_its_work_is_over(
+    case: Case, reason: str
+) -> None:
+    """With cancel="wait", a cancelled or timed-out call ends once its thread returned or its
+    worker process is gone, not before; on a cluster, once the cluster reports its task ended."""
+    finished = case.path("finished")
+    timeout = RUNNING_TIMEOUT if reason == "timed-out" else None
+    call = case.coroutine(pt.hold, timeout=timeout)
+    task = asyncio.ensure_future(call(case.path("victim"), case.release, finished))
+    pid, _ = await case.started(case.path("victim"))
+    if reason == "cancelled":
+        task.cancel()
+    terminated = case.kind in OFFLOAD_PROCESS_KINDS  # the pool stops the worker
+    # A cluster cannot stop a running task, nor say when it stops: offload waits
+    # for the cluster to report the task cancelled.
+    unseen = case.kind == "dask"
+    if not (terminated or unseen):
+        # Past the deadline, with the work still held: the caller must still be waiting.
+        done, _ = await asyncio.wait({task}, timeout=RUNNING_TIMEOUT + SHORT_TIMEOUT)
+        assert not done, f"the {reason} call ended while its work still ran"
+        case.release.touch()
+    done, _ = await asyncio.wait({task}, timeout=WAIT)
+    assert done, f"the {reason} call never ended"
+    if terminated:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, and reaped, by the time the caller hears
+    elif not unseen:
+        assert finished.exists(), "the caller heard before the work was over"
+    if reason == "cancelled":
+        assert task.cancelled()
+    else:
+        assert isinstance(task.exception(), TimeoutError), task
+    case.release.touch()
+    assert await asyncio.wait_for(case.call(pt.echo)("next"), WAIT) == "next"
+
+
+@pytest.mark.parametrize(("kind", "mode"), grid(KINDS, NAMING))
+async def test_a_coroutine_cancelled_before_its_call_starts_ends_at_once_unrun(
+    case: Case,
+) -> None:
+    """With cancel="wait", a call cancelled while it waits for a worker or a slot ends at
+    once, and never runs."""
+    busy = await case.fill()
+    never = case.path("never")
+    task = asyncio.ensure_future(case.coroutine(pt.mark)(never))
+    await turns()  # the task has sent its call
+    await case.reached_the_pool("mark")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=WAIT)
+    assert done, "the cancel waited for work that had not started"
+    assert task.cancelled()
+    await case.forgotten("mark")
+    case.release.touch()
+    await asyncio.wait_for(asyncio.gather(*busy), WAIT)
+    await case.settle()
+    assert not never.exists(), f"the cancelled call ran on {pt.read_where(never)}"
 
 
 # -- Bugs, one test each ------------------------------------------------------------

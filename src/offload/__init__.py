@@ -27,6 +27,7 @@ from ._api import stats as stats
 from ._call import cancelled as cancelled
 from ._call import check_cancelled as check_cancelled
 from ._dask import DaskExecutor as DaskExecutor
+from ._decorator import CoroutineOffloader as CoroutineOffloader
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
 from ._errors import NotPicklableError as NotPicklableError
@@ -49,6 +50,7 @@ from ._web import StatsHandler as StatsHandler
 
 __all__ = (
     "AffineThread",
+    "CoroutineOffloader",
     "DaskExecutor",
     "DeadlockError",
     "ExecutorShutdownError",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from ._decorator import ExecutorSpec, Offloader, decorate
+from ._decorator import Cancel, CoroutineOffloader, ExecutorSpec, Offloader, decorate
 from ._registry import ExecutorOrFactory, Registry
 from ._stats import ExecutorStats, WhenFull
 
@@ -26,6 +26,7 @@ def offload(
     *,
     executor: ExecutorSpec | None = None,
     timeout: float | None = None,
+    coroutine: Literal[False] = False,
 ) -> classmethod[T, P, Future[R]]: ...
 @overload
 def offload(
@@ -34,6 +35,7 @@ def offload(
     *,
     executor: ExecutorSpec | None = None,
     timeout: float | None = None,
+    coroutine: Literal[False] = False,
 ) -> staticmethod[P, Future[R]]: ...
 @overload
 def offload(
@@ -42,13 +44,70 @@ def offload(
     *,
     executor: ExecutorSpec | None = None,
     timeout: float | None = None,
+    coroutine: Literal[False] = False,
 ) -> Callable[P, Future[R]]: ...
 @overload
 def offload(
-    executor: ExecutorSpec | None = None, /, *, timeout: float | None = None
+    executor: ExecutorSpec | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    coroutine: Literal[False] = False,
 ) -> Offloader: ...
 @overload
-def offload(*, executor: ExecutorSpec | None = None, timeout: float | None = None) -> Offloader: ...
+def offload(
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+    coroutine: Literal[False] = False,
+) -> Offloader: ...
+@overload
+def offload(
+    fn: classmethod[T, P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+    coroutine: Literal[True],
+    cancel: Cancel = "abandon",
+) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+@overload
+def offload(
+    fn: staticmethod[P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+    coroutine: Literal[True],
+    cancel: Cancel = "abandon",
+) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+@overload
+def offload(
+    fn: Callable[P, R],
+    /,
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+    coroutine: Literal[True],
+    cancel: Cancel = "abandon",
+) -> Callable[P, Coroutine[Any, Any, R]]: ...
+@overload
+def offload(
+    executor: ExecutorSpec | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    coroutine: Literal[True],
+    cancel: Cancel = "abandon",
+) -> CoroutineOffloader: ...
+@overload
+def offload(
+    *,
+    executor: ExecutorSpec | None = None,
+    timeout: float | None = None,
+    coroutine: Literal[True],
+    cancel: Cancel = "abandon",
+) -> CoroutineOffloader: ...
 def offload(
     fn: Callable[..., Any]
     | classmethod[Any, ..., Any]
@@ -58,6 +117,8 @@ def offload(
     /,
     executor: ExecutorSpec | None = None,
     timeout: float | None = None,
+    coroutine: bool = False,
+    cancel: Cancel = "abandon",
 ) -> Any:
     """Make a blocking callable return a Future that runs it on an executor.
 
@@ -81,11 +142,23 @@ def offload(
         timeout: Seconds after which the Future fails with ``TimeoutError``.
             On a [`ProcessPool`][offload.ProcessPool] the worker running the call is
             terminated; a thread runs on (it may ask [`cancelled`][offload.cancelled]).
+        coroutine: Make an ``async def`` function instead, whose calls are
+            coroutines: for ``TaskGroup.create_task``, ``asyncio.create_task``,
+            and frameworks that check ``inspect.iscoroutinefunction``. It
+            binds as a method, and stays a classmethod or staticmethod.
+        cancel: With ``coroutine=True``, what a cancelled call does.
+            ``"abandon"`` (the default, as a Future does) raises
+            ``CancelledError`` at once and lets the work run on, its outcome
+            dropped. ``"wait"`` raises it only once the work is over: the
+            thread has returned, or the worker process was stopped. A timeout
+            then raises ``TimeoutError`` once the work is over, too.
 
     Raises:
         TypeError: ``fn`` is not callable, is async (await it directly
             instead), or ``executor`` is neither a name nor an Executor; or
             ``fn`` is a lambda or nested function bound for a process pool.
+        ValueError: ``cancel`` is not ``"abandon"`` or ``"wait"``, or is
+            ``"wait"`` without ``coroutine=True``.
 
     Examples:
         >>> import asyncio, time
@@ -102,8 +175,18 @@ def offload(
         >>> async def rest():
         ...     await nap(0.01)
         >>> asyncio.run(rest())
+        >>> @offload("io", coroutine=True, cancel="wait")
+        ... def backup(path):
+        ...     time.sleep(0.01)
+        ...     return f"saved {path}"
+        >>> async def nightly():
+        ...     async with asyncio.TaskGroup() as group:
+        ...         task = group.create_task(backup("/srv"))
+        ...     return task.result()
+        >>> asyncio.run(nightly())
+        'saved /srv'
     """
-    return decorate(default_registry, fn, executor, timeout)
+    return decorate(default_registry, fn, executor, timeout, coroutine, cancel)
 
 
 def register(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._call import FUTURE, HOLDS, ROUTE, Call, fail_unstarted
 from ._errors import OverloadedError
 from ._stats import CANCELLED, DROPPED, REJECTED, WhenFull
+from ._watch import over, watched
 
 if TYPE_CHECKING:
     import asyncio
@@ -151,3 +152,5 @@ def _gone(call: Call) -> None:
     stats.add(DROPPED)
     if call[FUTURE].cancelled():
         stats.add(CANCELLED)
+    if watched:
+        over(call[FUTURE])

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ._delivery import CANCELLED, settable
 from ._stats import CANCELLED as CANCELLED_COUNT
 from ._stats import DROPPED, ENDED, FAILED, STARTED, Stats, now
+from ._watch import over, watched
 
 if TYPE_CHECKING:
     from ._route import Route
@@ -53,7 +54,7 @@ _running = _Running()
 REMOTE = object()
 
 
-def run(call: Call) -> None:  # noqa: C901 - the hot path, flat on purpose
+def run(call: Call) -> None:  # noqa: C901, PLR0912 - the hot path, flat on purpose
     """Run an offloaded call on a worker thread: the one place a thread runs one.
 
     A call whose Future is done before it starts (cancelled, timed out, failed
@@ -65,6 +66,11 @@ def run(call: Call) -> None:  # noqa: C901 - the hot path, flat on purpose
     if future.done():
         never_ran(call)
         return
+    if watched:  # someone waits for the end of a call's work: see _watch
+        watch = watched.get(future)
+        if watch is not None and not watch.begin():
+            never_ran(call)
+            return
     route = call[ROUTE]
     stats = route.stats
     started = 0.0
@@ -100,6 +106,8 @@ def run(call: Call) -> None:  # noqa: C901 - the hot path, flat on purpose
     if future.done():  # given up while it ran: see deliver
         if stats is not None and future.cancelled():
             row[CANCELLED_COUNT] += 1
+        if watched:
+            over(future)
         return
     delivery = call[DELIVERY]
     delivery.pending.append((future, result, None, stats))
@@ -183,6 +191,8 @@ def deliver(call: Call, result: Any, exc: Any) -> None:
     if future.done():
         if stats is not None and future.cancelled():
             stats.add(CANCELLED_COUNT)
+        if watched:
+            over(future)
         return
     delivery = call[DELIVERY]
     delivery.pending.append((future, result, exc, stats))

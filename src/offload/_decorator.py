@@ -6,10 +6,10 @@ import asyncio
 import functools
 import inspect
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from types import MethodType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Union, overload
 
 import wrapt
 
@@ -18,6 +18,7 @@ from ._kinds import kind_of
 from ._pickling import local_function_error
 from ._route import Route
 from ._timeouts import check_timeout
+from ._watch import to_the_end
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -51,6 +52,37 @@ class Offloader(Protocol):
     def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Future[R]]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, Future[R]]: ...
+
+
+class CoroutineOffloader(Protocol):
+    """What ``offload(..., coroutine=True)`` returns: a decorator making ``async def`` functions.
+
+    Examples:
+        >>> import asyncio, inspect, offload
+        >>> as_coroutine = offload.offload("io", coroutine=True)  # a CoroutineOffloader
+        >>> shout = as_coroutine(str.upper)
+        >>> inspect.iscoroutinefunction(shout)
+        True
+        >>> async def main():
+        ...     async with asyncio.TaskGroup() as group:
+        ...         task = group.create_task(shout("hi"))
+        ...     return task.result()
+        >>> asyncio.run(main())
+        'HI'
+    """
+
+    @overload
+    def __call__(
+        self, fn: classmethod[T, P, R], /
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: staticmethod[P, R], /) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+#: What a cancelled coroutine form does: return at once ("abandon") or once the work is over.
+Cancel = Literal["abandon", "wait"]
 
 
 if TYPE_CHECKING:
@@ -167,6 +199,14 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
     return OffloadedFunction(fn, run_offloaded)
 
 
+def _route_now(registry: Registry, spec: ExecutorSpec) -> Callable[[], Route]:
+    """The route a call made now takes: a name's current one, or the executor's own."""
+    if isinstance(spec, str):
+        return functools.partial(registry._route, spec)
+    route = Route(spec)
+    return lambda: route
+
+
 def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
     """A lambda or nested function bound for a process pool fails at decoration time."""
     if isinstance(spec, str):
@@ -183,13 +223,75 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
         raise error
 
 
-def decorate(registry: Registry, target: Any, executor: Any, timeout: Any = None) -> Any:
+def decorate(  # noqa: PLR0917 - the decorator's options, passed on
+    registry: Registry,
+    target: Any,
+    executor: Any,
+    timeout: Any = None,
+    coroutine: Any = False,
+    cancel: Any = "abandon",
+) -> Any:
     """Sort out the decorator's forms: bare, with options, or a plain call."""
     seconds = check_timeout(timeout)
+    as_coroutine = _check_form(coroutine, cancel)
     if target is None or isinstance(target, (str, Executor)):
         if target is not None and executor is not None:
             raise TypeError("give the executor once: offload('io') or offload(executor='io')")
         chosen = target if target is not None else executor
         spec = "default" if chosen is None else check_spec(chosen)
+        if as_coroutine:
+            return lambda fn: coroutine_form(registry, fn, spec, seconds, cancel)
         return lambda fn: wrap(registry, fn, spec, seconds)
-    return wrap(registry, target, "default" if executor is None else check_spec(executor), seconds)
+    spec = "default" if executor is None else check_spec(executor)
+    if as_coroutine:
+        return coroutine_form(registry, target, spec, seconds, cancel)
+    return wrap(registry, target, spec, seconds)
+
+
+def _check_form(coroutine: object, cancel: object) -> bool:
+    """Whether the coroutine form was asked for; a clear error for options that do not fit."""
+    if not isinstance(coroutine, bool):
+        raise TypeError(f"coroutine must be True or False, got {coroutine!r}")
+    if cancel not in ("abandon", "wait"):
+        raise ValueError(f"cancel must be 'abandon' or 'wait', got {cancel!r}")
+    if cancel == "wait" and not coroutine:
+        raise ValueError(
+            "cancel='wait' needs coroutine=True: a Future is done the moment it is "
+            "cancelled, so only a coroutine can wait for the work to be over; use "
+            "offload(..., coroutine=True, cancel='wait')"
+        )
+    return coroutine
+
+
+def coroutine_form(
+    registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None, cancel: str
+) -> Any:
+    """``fn`` as an ``async def`` function whose calls await the offloaded call.
+
+    It is a real coroutine function, so ``inspect.iscoroutinefunction`` is
+    true and frameworks that look for one find it; it binds as a method as any
+    function does, and a classmethod or staticmethod stays one. Its
+    ``__offloaded__`` is the Future form it awaits, which is how a worker
+    process finds the original by name.
+    """
+    descriptor = type(fn) if isinstance(fn, (classmethod, staticmethod)) else None
+    func = fn.__func__ if descriptor is not None else fn
+    offloaded = wrap(registry, func, spec, timeout)
+    if cancel == "wait":
+        # The route is looked up here, as the wrapper would, because how a
+        # given-up call ends depends on the kind of executor it was sent to.
+        route_now = _route_now(registry, spec)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            route = route_now()
+            future = route.call(asyncio.get_running_loop(), func, args, kwargs, timeout)
+            return await to_the_end(future, gated=route.kind.ends_unstarted_in_run)
+
+    else:
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await offloaded(*args, **kwargs)
+
+    functools.update_wrapper(call, func)  # __wrapped__ is the sync original, as on the Future form
+    call.__offloaded__ = offloaded  # type: ignore[attr-defined]
+    return call if descriptor is None else descriptor(call)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ._stats import CANCELLED as CANCELLED_COUNT
 from ._stats import COMPLETED, FAILED, Stats
+from ._watch import gave_up, over, watched
 
 #: Futures resolved per loop callback before yielding to the rest of the loop.
 MAX_PER_WAKEUP = 256
@@ -104,9 +105,12 @@ class Delivery:
                 # cancelled call is counted here; a timed-out one by its timer.
                 if stats is not None and future.cancelled() and type(exc) is not GaveUp:
                     stats.add(CANCELLED_COUNT)
+                if watched and type(exc) is not GaveUp:
+                    over(future)
                 continue
             if type(exc) is GaveUp:
                 exc = exc.error
+                gave_up(future)
             if exc is None:
                 future.set_result(result)
                 if stats is not None:  # once per call: this loop's own row

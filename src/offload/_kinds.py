@@ -72,6 +72,10 @@ class Kind:
     #: A call that waited for a slot may be sent from whatever thread freed the
     #: slot. Only for executors whose callbacks never hold their own locks.
     hand_over_inline: ClassVar[bool] = False
+    #: A given-up call stays queued until a worker takes it and ``_call.run``
+    #: ends it unrun: offload cannot take a call out of these executors' queues.
+    #: Other kinds end a given-up queued call at once themselves.
+    ends_unstarted_in_run: ClassVar[bool] = False
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -113,6 +117,7 @@ class OwnThreads(Kind):
 
     times_every_call = False
     hand_over_inline = True
+    ends_unstarted_in_run = True
     on_timeout = (
         "a thread cannot be killed, so the call runs on; offload.cancelled() lets a long "
         "loop in it stop early"
@@ -146,6 +151,7 @@ class Threads(Kind):
 
     times_every_call = False
     on_timeout = OwnThreads.on_timeout
+    ends_unstarted_in_run = True
 
     @staticmethod
     def accepts(executor: Executor) -> bool:

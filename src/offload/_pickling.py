@@ -35,7 +35,15 @@ def _lookup(module: str, qualname: str, *, load: bool = False) -> Any:
     With ``load``, as in a worker, the module is imported if it is not yet.
     """
     namespace = _namespace(module, qualname, load=load)
-    return None if namespace is None else namespace.get(qualname.rpartition(".")[2])
+    if namespace is None:
+        return None
+    stored = namespace.get(qualname.rpartition(".")[2])
+    # A coroutine form (offload(..., coroutine=True)) is a plain async function
+    # that keeps the offloaded wrapper it awaits: that wrapper is what counts.
+    form = _plain(stored)
+    if isinstance(form, FunctionType):
+        return getattr(form, "__offloaded__", stored)
+    return stored
 
 
 def _namespace(module: str, qualname: str, *, load: bool = False) -> Any:

@@ -8,12 +8,12 @@ import threading
 import warnings
 import weakref
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ProcessPoolExecutor
-from typing import Any, ParamSpec, TypeVar, Union, cast, overload
+from typing import Any, Literal, ParamSpec, TypeVar, Union, cast, overload
 
 from ._bound import Bound, check_bounds
-from ._decorator import ExecutorSpec, Offloader, decorate
+from ._decorator import Cancel, CoroutineOffloader, ExecutorSpec, Offloader, decorate
 from ._errors import ExecutorShutdownError, UnknownExecutorError
 from ._kinds import broken_hooks, kind_of, wait_for_all
 from ._pool import ThreadPool, default_thread_count, usable_cpus
@@ -445,6 +445,7 @@ class Registry:
         *,
         executor: ExecutorSpec | None = None,
         timeout: float | None = None,
+        coroutine: Literal[False] = False,
     ) -> classmethod[T, P, Future[R]]: ...
     @overload
     def offload(
@@ -454,6 +455,7 @@ class Registry:
         *,
         executor: ExecutorSpec | None = None,
         timeout: float | None = None,
+        coroutine: Literal[False] = False,
     ) -> staticmethod[P, Future[R]]: ...
     @overload
     def offload(
@@ -463,20 +465,96 @@ class Registry:
         *,
         executor: ExecutorSpec | None = None,
         timeout: float | None = None,
+        coroutine: Literal[False] = False,
     ) -> Callable[P, Future[R]]: ...
     @overload
     def offload(
-        self, executor: ExecutorSpec | None = None, /, *, timeout: float | None = None
+        self,
+        executor: ExecutorSpec | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        coroutine: Literal[False] = False,
     ) -> Offloader: ...
     @overload
     def offload(
-        self, /, *, executor: ExecutorSpec | None = None, timeout: float | None = None
+        self,
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: Literal[False] = False,
     ) -> Offloader: ...
-    def offload(self, fn: Any = None, /, executor: Any = None, timeout: Any = None) -> Any:
+    @overload
+    def offload(
+        self,
+        fn: classmethod[T, P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: Literal[True],
+        cancel: Cancel = "abandon",
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def offload(
+        self,
+        fn: staticmethod[P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: Literal[True],
+        cancel: Cancel = "abandon",
+    ) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def offload(
+        self,
+        fn: Callable[P, R],
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: Literal[True],
+        cancel: Cancel = "abandon",
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def offload(
+        self,
+        executor: ExecutorSpec | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        coroutine: Literal[True],
+        cancel: Cancel = "abandon",
+    ) -> CoroutineOffloader: ...
+    @overload
+    def offload(
+        self,
+        /,
+        *,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: Literal[True],
+        cancel: Cancel = "abandon",
+    ) -> CoroutineOffloader: ...
+    def offload(
+        self,
+        fn: Callable[..., Any]
+        | classmethod[Any, ..., Any]
+        | staticmethod[..., Any]
+        | ExecutorSpec
+        | None = None,
+        /,
+        executor: ExecutorSpec | None = None,
+        timeout: float | None = None,
+        coroutine: bool = False,
+        cancel: Cancel = "abandon",
+    ) -> Any:
         """The ``offload`` decorator, resolving names in this registry.
 
-        It takes the same forms and options (``executor``, ``timeout``) as the
-        module-level [`offload`][offload.offload].
+        It takes the same forms and options (``executor``, ``timeout``,
+        ``coroutine``, ``cancel``) as the module-level [`offload`][offload.offload].
 
         Examples:
             >>> import asyncio, offload
@@ -490,7 +568,7 @@ class Registry:
             42
             >>> registry.shutdown()
         """
-        return decorate(self, fn, executor, timeout)
+        return decorate(self, fn, executor, timeout, coroutine, cancel)
 
 
 def _shut_down(name: str) -> ExecutorShutdownError:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import name_of
 from ._stats import TIMED_OUT
+from ._watch import gave_up
 
 if TYPE_CHECKING:
     from ._route import Route
@@ -55,5 +56,6 @@ def _expire(future: asyncio.Future[Any], timeout: float, fn: object, route: Rout
     future.set_exception(
         TimeoutError(f"{name_of(fn)} did not finish within {timeout}s; {route.kind.on_timeout}")
     )
+    gave_up(future)
     if route.stats is not None:
         route.stats.add(TIMED_OUT)
