@@ -95,6 +95,19 @@ def _offload_unmonitored(body: Body, pool: Any, workers: int) -> Callable[[int],
     return registry.offload(body)
 
 
+def _offload_coroutine(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
+    # Each call is a coroutine: gathered, asyncio wraps each in a Task.
+    registry = offload.Registry()
+    registry.register("default", pool)
+    return registry.offload(body, coroutine=True)
+
+
+def _offload_coroutine_wait(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
+    registry = offload.Registry()
+    registry.register("default", pool)
+    return registry.offload(body, coroutine=True, cancel="wait")
+
+
 def _offload_executor(body: Body, pool: Any, workers: int) -> Callable[[int], Any]:
     return offload.offload(body, executor=pool)
 
@@ -157,6 +170,20 @@ MECHANISMS: tuple[Mechanism, ...] = (
         "offload (own ThreadPool, no stats)",
         ASYNCIO,
         _offload_unmonitored,
+        _offload_pool,
+    ),
+    Mechanism(
+        "offload_coro",
+        "offload (own ThreadPool, coroutine=True)",
+        ASYNCIO,
+        _offload_coroutine,
+        _offload_pool,
+    ),
+    Mechanism(
+        "offload_coro_wait",
+        'offload (own ThreadPool, coroutine=True, cancel="wait")',
+        ASYNCIO,
+        _offload_coroutine_wait,
         _offload_pool,
     ),
     Mechanism("offload_tpe", "offload (stdlib ThreadPoolExecutor)", ASYNCIO, _offload_executor),

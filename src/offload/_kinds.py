@@ -46,7 +46,7 @@ from ._errors import NotPicklableError, WorkerDiedError, describe_exit
 from ._pickling import RemoteJob, pack_call, run_shipment, ship, ship_target, unpack_reply
 from ._pool import ThreadPool
 from ._process import ProcessPool
-from ._stats import workers_of
+from ._stats import Stats, workers_of
 
 #: Called with a broken executor; the registry installs its replacement hook here.
 broken_hooks: list[Any] = []
@@ -79,6 +79,9 @@ class Kind:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+
+    def named(self, stats: Stats) -> None:
+        """A name's route uses this executor, with these statistics."""
 
     @staticmethod
     def accepts(executor: Executor) -> bool:
@@ -127,6 +130,11 @@ class OwnThreads(Kind):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor)
         self.send = self.executor._put  # type: ignore[method-assign,assignment]
+
+    def named(self, stats: Stats) -> None:
+        """A name's route uses the pool: its ``submit`` jobs count there, if no other name's do."""
+        if self.executor._submit_stats is None:
+            self.executor._submit_stats = stats
 
     @staticmethod
     def accepts(executor: Executor) -> bool:

@@ -4,7 +4,9 @@ A ``concurrent.futures.ThreadPoolExecutor`` wraps every job in a ``_WorkItem``
 and a ``concurrent.futures.Future`` with its own Condition; the caller's asyncio
 Future is then chained onto it. Here an offloaded call is one small object on a
 ``SimpleQueue`` and the worker reports straight to the loop's delivery queue.
-``submit`` still works, so the pool is a full ``Executor`` for anyone else.
+``submit`` still works, so the pool is a full ``Executor`` for anyone else,
+and it is a ``ThreadPoolExecutor`` (which asyncio's ``set_default_executor``
+asks for), though none of that class's machinery runs.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from ._call import DELIVERY, FUTURE, ROUTE, fail_unstarted, run
 from ._delivery import GaveUp
 from ._errors import ExecutorShutdownError
+from ._stats import CANCELLED, COMPLETED, DROPPED, ENDED, FAILED, STARTED, SUBMITTED, Stats
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _pool_numbers = itertools.count()
+
+#: Called with a pool as it is shut down, by whoever shuts it down.
+shutdown_hooks: list[Callable[[ThreadPool], object]] = []
 
 
 def usable_cpus() -> int:
@@ -71,7 +77,38 @@ def _abandon_submitted(job: Job) -> None:
     job[2].cancel()
 
 
-class ThreadPool(Executor):
+def _run_counted(job: Job) -> None:
+    # A submit job of a pool that a name owns: counted in that name's statistics.
+    _, _, future, fn, args, kwargs, stats = job
+    if not future.set_running_or_notify_cancel():  # cancelled while it was queued
+        stats.add(DROPPED)
+        stats.add(CANCELLED)
+        return
+    try:
+        row: list[int] = stats.local.row
+    except AttributeError:
+        row = stats.new_row()
+    row[STARTED] += 1
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        row[ENDED] += 1
+        row[FAILED] += 1
+        future.set_exception(exc)
+        del job, future  # break the frame <-> exception cycle
+    else:
+        row[ENDED] += 1
+        row[COMPLETED] += 1
+        future.set_result(result)
+
+
+def _abandon_counted(job: Job) -> None:
+    if job[2].cancel():
+        job[6].add(DROPPED)
+        job[6].add(CANCELLED)
+
+
+class ThreadPool(ThreadPoolExecutor):
     """A thread pool tuned for offloaded calls; a ``concurrent.futures.Executor``.
 
     The built-in ``"default"`` and ``"io"`` names use it. Register your own to
@@ -80,6 +117,15 @@ class ThreadPool(Executor):
 
     Threads are started on demand up to ``max_workers`` and are named
     ``f"{name}_{n}"``, so stack dumps show which pool runs what.
+
+    It is a ``ThreadPoolExecutor``, so it can be the event loop's default
+    executor (``loop.set_default_executor``): ``asyncio.to_thread`` and
+    ``run_in_executor(None, ...)`` then run on it, and once a name uses the
+    pool, what arrives through ``submit`` is counted in that name's statistics
+    (the first name, if several share it). A pool that a registry made from a
+    factory (the built-in names' pools, for one) and that is then shut down
+    from outside the registry, as ``asyncio.run`` does to the default
+    executor when it ends, is replaced by a new one on the name's next call.
 
     Examples:
         >>> import offload
@@ -98,7 +144,7 @@ class ThreadPool(Executor):
         self._name = name or f"offload-pool{next(_pool_numbers)}"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []  # started, in order
+        self._workers: list[threading.Thread] = []  # started, in order
         self._current: list[Job | None] = []  # each worker's running job, written by that worker
         # While threads can still be started, ``_spare`` is exactly how many
         # workers wait (or are about to wait) for a job, less the jobs queued
@@ -107,6 +153,8 @@ class ThreadPool(Executor):
         self._spare = 0
         self._alive = 0  # workers that have not yet exited
         self._closed = False
+        #: The statistics ``submit`` jobs are counted in: those of the first name to use the pool.
+        self._submit_stats: Stats | None = None
 
     @property
     def max_workers(self) -> int:
@@ -119,7 +167,7 @@ class ThreadPool(Executor):
         return self._name
 
     def __repr__(self) -> str:
-        state = "shut down" if self._closed else f"{len(self._threads)} threads"
+        state = "shut down" if self._closed else f"{len(self._workers)} threads"
         return f"<offload.ThreadPool {self._name!r} max_workers={self._max_workers} {state}>"
 
     def _put(self, job: Job) -> None:
@@ -158,13 +206,23 @@ class ThreadPool(Executor):
     ) -> ConcurrentFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a ``concurrent.futures.Future``."""
         future: ConcurrentFuture[T] = ConcurrentFuture()
-        self._put((_run_submitted, _abandon_submitted, future, fn, args, kwargs))
+        stats = self._submit_stats
+        if stats is None:
+            self._put((_run_submitted, _abandon_submitted, future, fn, args, kwargs))
+            return future
+        stats.add(SUBMITTED)
+        try:
+            self._put((_run_counted, _abandon_counted, future, fn, args, kwargs, stats))
+        except BaseException:
+            stats.add(DROPPED)
+            stats.add(FAILED)
+            raise
         return future
 
     def _start_worker(self) -> None:
         # With the lock held. If the OS refuses a thread, the pool carries on
         # with the ones it has (the next put tries again); with none, the call fails.
-        index = len(self._threads)
+        index = len(self._workers)
         thread = threading.Thread(
             target=self._work, args=(index,), name=f"{self._name}_{index}", daemon=True
         )
@@ -176,7 +234,7 @@ class ThreadPool(Executor):
             if not self._alive:
                 raise
             return
-        self._threads.append(thread)
+        self._workers.append(thread)
         self._unstarted -= 1
         self._alive += 1
 
@@ -207,11 +265,16 @@ class ThreadPool(Executor):
         """
         dropped: list[Job] = []
         with self._lock:
-            if not self._closed:
+            first = not self._closed
+            if first:
                 self._closed = True
                 if cancel_futures:
                     dropped = self._take_queued()
                 self._queue.put(None)
+        if first:
+            # A registry that made this pool from a factory makes a new one.
+            for hook in shutdown_hooks:
+                hook(self)
         # Outside the lock: ending a call gives back its slot, which may hand
         # a waiting call to this very pool (and be refused).
         for job in dropped:
@@ -264,7 +327,7 @@ class ThreadPool(Executor):
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for the threads of a shut-down pool; true if all have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in list(self._threads):
+        for thread in list(self._workers):
             if thread is threading.current_thread():
                 continue
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -16,7 +16,7 @@ from ._bound import Bound, check_bounds
 from ._decorator import Cancel, CoroutineOffloader, ExecutorSpec, Offloader, decorate
 from ._errors import ExecutorShutdownError, UnknownExecutorError
 from ._kinds import broken_hooks, kind_of, wait_for_all
-from ._pool import ThreadPool, default_thread_count, usable_cpus
+from ._pool import ThreadPool, default_thread_count, shutdown_hooks, usable_cpus
 from ._process import START_METHOD_VARIABLE, ProcessPool
 from ._route import Route
 from ._stats import ExecutorStats, Stats, WhenFull, snapshot
@@ -136,12 +136,18 @@ class _Entry:
                 self.route = Route(executor, stats=self.stats, bound=self.bound)
             return self.route
 
-    def drop_broken(self, executor: Executor) -> bool:
+    def forget(self, executor: Executor) -> bool:
         """Forget ``executor`` if it is this entry's and a factory can replace it."""
         with self.lock:
             if self.executor is not executor or self.factory is None:
                 return False
             self.executor = self.route = None  # the factory makes a new one on the next call
+        return True
+
+    def drop_broken(self, executor: Executor) -> bool:
+        """Forget a broken ``executor`` if it is this entry's and a factory can replace it."""
+        if not self.forget(executor):
+            return False
         # Not here: this runs inside the broken pool's own callback, which since
         # Python 3.12 holds the lock its shutdown takes.
         threading.Thread(
@@ -182,6 +188,17 @@ def _replace_broken(executor: Executor) -> bool:
 
 
 broken_hooks.append(_replace_broken)
+
+
+def _replace_shut_down(pool: ThreadPool) -> None:
+    # A pool shut down from outside the registry (the registry forgets its own
+    # first): as asyncio.run does to the loop's default executor as it ends.
+    for registry in list(_registries):
+        for entry in list(registry._entries.values()):
+            entry.forget(pool)
+
+
+shutdown_hooks.append(_replace_shut_down)
 
 
 class Registry:

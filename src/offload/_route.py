@@ -57,6 +57,8 @@ class Route:
         self.send: Callable[[Call], None] = self.kind.send
         self.stats = stats
         self.bound = bound
+        if stats is not None:
+            self.kind.named(stats)
         #: A call is timed when its number ANDed with this is 0: one in
         #: SAMPLE_EVERY, or every call where the kind says so.
         self.sample_mask = 0 if self.kind.times_every_call else SAMPLE_MASK
