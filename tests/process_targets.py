@@ -204,6 +204,57 @@ def on_cpu(x: int) -> tuple[int, int]:
     return x * 3, os.getpid()
 
 
+# -- Plain functions for ProcessPool's initializer and max_tasks_per_child ------
+# Not offloaded: the option tests offload them through a registry of their own,
+# or submit them.
+
+#: In a worker process: how often ``remember_start`` ran there, and with what.
+initializer_runs = 0
+initializer_args: tuple[Any, ...] | None = None
+
+
+def remember_start(*args: Any) -> None:
+    """An initializer: record that it ran in this process, and its arguments."""
+    global initializer_runs, initializer_args  # noqa: PLW0603 - what a worker's calls read
+    initializer_runs += 1
+    initializer_args = args
+
+
+def read_start() -> tuple[int, int, tuple[Any, ...] | None]:
+    """This process's pid, how often its initializer ran, and with what arguments."""
+    return os.getpid(), initializer_runs, initializer_args
+
+
+def refuse_start(message: str) -> None:
+    """An initializer that raises."""
+    raise LookupError(message)
+
+
+def refuse_start_while(flag: Path) -> None:
+    """An initializer that raises while ``flag`` exists: a service not yet up."""
+    if flag.exists():
+        raise ConnectionRefusedError(f"{flag.name} is still there")
+    remember_start(flag.name)
+
+
+def exit_at_start(code: int) -> None:
+    """An initializer that ends its worker process."""
+    os._exit(code)
+
+
+def parent_only_start() -> None:
+    """An initializer a spawned worker cannot load: its module drops it there."""
+
+
+if multiprocessing.parent_process() is not None:  # a worker that imported this module afresh
+    del parent_only_start
+
+
+def hold_plain(started: Path, release: Path | None = None) -> int:
+    """As ``hold``, not offloaded: report the pid in ``started``, wait for ``release``."""
+    return _hold(started, release, ignore_sigterm=False)
+
+
 # -- For the tests' side: waiting on workers without sleeping blindly ----------
 
 

@@ -19,6 +19,7 @@ import pytest
 
 import offload
 from offload import _pickling
+from offload._pool import usable_cpus
 from tests import process_targets as targets
 from tests.process_targets import Shape, Triangle
 
@@ -297,13 +298,13 @@ async def test_an_unknown_name_still_runs_lambdas_on_threads(registry: offload.R
 # -- The built-in "cpu" name ---------------------------------------------------
 
 
-def test_cpu_is_a_process_pool_sized_to_the_cpu_count_made_lazily() -> None:
-    """``"cpu"`` is a ProcessPool with one worker per core, made on first use."""
+def test_cpu_is_a_process_pool_sized_to_the_usable_cpus_made_lazily() -> None:
+    """``"cpu"`` is a ProcessPool with a worker per CPU this process may use, made on first use."""
     registry = offload.Registry()
     assert registry._entries["cpu"].executor is None
     cpu = registry.get_executor("cpu")
     assert isinstance(cpu, offload.ProcessPool)
-    assert cpu.max_workers == (os.cpu_count() or 1)
+    assert cpu.max_workers == usable_cpus()
     assert cpu.start_method == offload.ProcessPool(1).start_method
     registry.shutdown()
 

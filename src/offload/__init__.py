@@ -30,6 +30,7 @@ from ._dask import DaskExecutor as DaskExecutor
 from ._decorator import CoroutineOffloader as CoroutineOffloader
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
+from ._errors import InitializerError as InitializerError
 from ._errors import NotPicklableError as NotPicklableError
 from ._errors import OverloadedError as OverloadedError
 from ._errors import UnknownExecutorError as UnknownExecutorError
@@ -56,6 +57,7 @@ __all__ = (
     "ExecutorShutdownError",
     "ExecutorStats",
     "Facade",
+    "InitializerError",
     "NotPicklableError",
     "Offloader",
     "OverloadedError",

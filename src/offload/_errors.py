@@ -96,6 +96,39 @@ def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) ->
     return WorkerDiedError(message, exitcode, pid=pid)
 
 
+class InitializerError(BrokenProcessPool):
+    """A worker process's initializer raised, so the call sent to that worker never ran.
+
+    [`ProcessPool`][offload.ProcessPool] runs its ``initializer`` once in each
+    worker process, before the worker's first call. If it raises, the call the
+    worker was started for fails with this error, whose ``__cause__`` is the
+    initializer's exception (with the worker's traceback as its own cause), and
+    the worker exits. The pool stays usable: the next call starts a new worker,
+    which runs the initializer again. ``pid`` is the process id of the worker
+    whose initializer failed. A subclass of
+    ``concurrent.futures.process.BrokenProcessPool``, which the standard pool
+    raises when an initializer fails, so existing handlers still catch it.
+
+    Examples:
+        >>> import offload
+        >>> err = offload.InitializerError("the initializer failed", pid=1234)
+        >>> err.pid
+        1234
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        #: The process id of the worker whose initializer raised.
+        self.pid = pid
+
+    def __reduce__(self) -> Any:
+        return _rebuild_initializer_error, (str(self), self.pid)
+
+
+def _rebuild_initializer_error(message: str, pid: int | None) -> InitializerError:
+    return InitializerError(message, pid=pid)
+
+
 class NotPicklableError(pickle.PicklingError):
     """A call could not travel to or from a worker process.
 

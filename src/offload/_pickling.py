@@ -174,8 +174,17 @@ def ship(fn: Any, where: Callable[[], str]) -> tuple[Any, str]:
     return packed, name
 
 
-def local_function_error(fn: Any, where: str) -> TypeError | None:
-    """The error for a lambda or nested function bound for a process, or None."""
+_LOCAL_FUNCTION_ADVICE = (
+    "Define it at module level (or as a method of a module-level class), or run it on a "
+    "thread executor such as 'default'."
+)
+
+
+def local_function_error(fn: Any, where: str, *, advice: str | None = None) -> TypeError | None:
+    """The error for a lambda or nested function bound for a process, or None.
+
+    ``advice``, if given, replaces the closing sentence that says what to do.
+    """
     func = getattr(fn, "__func__", fn)
     qualname = getattr(func, "__qualname__", "")
     if not isinstance(qualname, str) or "<" not in qualname:
@@ -184,8 +193,7 @@ def local_function_error(fn: Any, where: str) -> TypeError | None:
     return TypeError(
         f"{qualname} cannot run on {where}: a process executor pickles the function by "
         f"reference (its module and name), and {kind} has none a worker process could "
-        "import. Define it at module level (or as a method of a module-level class), or "
-        "run it on a thread executor such as 'default'."
+        f"import. {advice or _LOCAL_FUNCTION_ADVICE}"
     )
 
 
@@ -308,7 +316,7 @@ class RemoteTraceback(Exception):  # noqa: N818  # it is a traceback, shown as a
         return str(self.args[0]) if self.args else ""
 
 
-def _describe(exc: BaseException) -> str:
+def describe_exception(exc: BaseException) -> str:
     """``Type: message``, even for an exception whose ``str()`` raises."""
     try:
         message = str(exc)
@@ -326,7 +334,7 @@ def pack_exception(exc: BaseException, name: str) -> bytes:
     try:
         text = "".join(traceback.format_exception(exc))
     except BaseException:
-        text = f"{_describe(exc)} (its traceback could not be formatted)\n"
+        text = f"{describe_exception(exc)} (its traceback could not be formatted)\n"
     # The traceback travels as text. Sent as objects (as tblib, which Dask
     # installs, makes every pickle do), it would come back as frames in a cycle.
     exc.with_traceback(None)
@@ -334,8 +342,8 @@ def pack_exception(exc: BaseException, name: str) -> bytes:
         return pickle.dumps((exc, text), PROTOCOL)
     except BaseException as err:
         substitute = RuntimeError(
-            f"{name} raised {_describe(exc)} in the worker process, and that exception "
-            f"cannot be pickled ({_describe(err)})"
+            f"{name} raised {describe_exception(exc)} in the worker process, and that exception "
+            f"cannot be pickled ({describe_exception(err)})"
         )
         return pickle.dumps((substitute, text), PROTOCOL)
 
@@ -351,7 +359,7 @@ def unpack_exception(data: bytes | memoryview, name: str) -> BaseException:
     except BaseException as err:  # a BaseException too: fail the call, not the pool
         return NotPicklableError(
             f"{name} raised an exception in the worker process that cannot be unpickled "
-            f"here ({_describe(err)})"
+            f"here ({describe_exception(err)})"
         )
     exc.with_traceback(None)  # see pack_exception: the text is the traceback
     if not isinstance(exc.__cause__, RemoteTraceback):

@@ -8,6 +8,11 @@ cancelled costs only its own worker, which is terminated (``SIGTERM``, then
 call, with [`WorkerDiedError`][offload.WorkerDiedError]. One manager thread per pool sends
 calls, reads results and watches the workers; results go straight to the
 caller's loop through its delivery queue.
+
+A worker runs the pool's initializer before it reads its first call; if the
+initializer raised, its reply to that call says so, and it exits. The manager
+counts each worker's replies and, after ``max_tasks_per_child``, sends it the
+same stop message as a shutdown: the worker itself keeps no count.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import multiprocessing
 import multiprocessing.util  # its exit hook must be registered before ours runs
 import os
+import pickle
 import socket
 import threading
 import time
@@ -35,11 +41,24 @@ from ._call import ARGS, FN, FUTURE, KWARGS, ROUTE, Call, began, finish, never_r
 from ._delivery import CANCELLED
 from ._errors import (
     ExecutorShutdownError,
+    InitializerError,
     NotPicklableError,
     WorkerDiedError,
     describe_exit,
+    name_of,
 )
-from ._pickling import pack_call, run_shipment, ship, unpack_reply
+from ._pickling import (
+    PROTOCOL,
+    describe_exception,
+    local_function_error,
+    pack_call,
+    pack_exception,
+    run_shipment,
+    ship,
+    unpack_exception,
+    unpack_reply,
+)
+from ._pool import usable_cpus
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,6 +67,16 @@ _pool_numbers = itertools.count()
 
 #: Environment variable choosing the start method of the built-in ``"cpu"`` pool.
 START_METHOD_VARIABLE = "OFFLOAD_CPU_START_METHOD"
+
+#: The first byte of a worker's reply when its initializer raised (a call's
+#: reply starts with ``_pickling.RESULT`` or ``ERROR``).
+INIT_FAILED = b"i"
+#: What a worker sends once its initializer returned: no reply is empty.
+INITIALIZED = b""
+
+#: What a worker runs before its first call: the initializer and its arguments,
+#: pickled once when the pool is made (spawn, forkserver), or as they are (fork).
+Initializer = bytes | tuple[Callable[..., object], tuple[Any, ...]]
 
 
 def default_start_method() -> str:
@@ -60,18 +89,42 @@ def default_start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _worker_main(conn: Connection, parent_end: Connection | None = None) -> None:
-    """A worker process: run calls from ``conn`` one at a time until told to stop."""
+def _worker_main(
+    conn: Connection,
+    parent_end: Connection | None = None,
+    initializer: Initializer | None = None,
+    initializer_name: str = "",
+) -> None:
+    """A worker process: run calls from ``conn`` one at a time until told to stop.
+
+    The pool counts the calls (``max_tasks_per_child``) and tells a worker to
+    stop, so a worker needs no count of its own.
+    """
     if parent_end is not None:
         # Forked, this process holds the pool's end of its own pipe too: close
         # it, or the pipe never reports the pool's process gone.
         parent_end.close()
+    failure = None
+    if initializer is not None:
+        failure = _initialize(initializer, initializer_name)
+        if failure is None:
+            try:
+                conn.send_bytes(INITIALIZED)
+            except OSError:
+                return
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):  # the parent is gone
             return
         if not message:
+            return
+        if failure is not None:
+            # The reply to the call this worker was started for: the pool fails
+            # that call with the initializer's error, and the worker, not fit to
+            # run calls, exits.
+            with contextlib.suppress(OSError):
+                conn.send_bytes(failure)
             return
         split = message.index(b"\0")
         name = message[:split].decode()
@@ -81,6 +134,31 @@ def _worker_main(conn: Connection, parent_end: Connection | None = None) -> None
             conn.send_bytes(reply)
         except OSError:
             return
+
+
+def _initialize(initializer: Initializer, name: str) -> bytes | None:
+    """In a worker: run the pool's initializer; if it raised, the reply that says so."""
+    try:
+        fn, args = (
+            _load_initializer(initializer, name) if isinstance(initializer, bytes) else initializer
+        )
+        fn(*args)
+    except BaseException as exc:  # whatever it raised goes back with the first call
+        return INIT_FAILED + pack_exception(exc, name)
+    return None
+
+
+def _load_initializer(packed: bytes, name: str) -> tuple[Callable[..., object], tuple[Any, ...]]:
+    try:
+        loaded: tuple[Callable[..., object], tuple[Any, ...]] = pickle.loads(packed)  # noqa: S301  # from our parent
+    except Exception as exc:
+        raise NotPicklableError(
+            f"the worker process could not load the initializer {name} or its initargs "
+            f"({describe_exception(exc)}). Under spawn and forkserver a worker imports the "
+            "initializer's module by name: define it in an importable module, not in an "
+            "interactive session."
+        ) from exc
+    return loaded
 
 
 class _Job:
@@ -147,11 +225,13 @@ class _Job:
 
 
 class _Worker:
-    __slots__ = ("conn", "gone", "job", "kill_at", "process", "stopping")
+    __slots__ = ("calls", "conn", "gone", "initialized", "job", "kill_at", "process", "stopping")
 
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process, self.conn = process, conn
         self.job: _Job | None = None
+        self.calls = 0  # calls it replied to
+        self.initialized = False  # its initializer, if any, returned
         self.gone = False  # its pipe closed: waiting for the process to be reaped
         self.stopping = False
         self.kill_at = math.inf
@@ -182,20 +262,78 @@ class ProcessPool(Executor):
       [`WorkerDiedError`][offload.WorkerDiedError]; the pool stays usable.
     - a call whose function, arguments or result cannot be pickled fails alone,
       with [`NotPicklableError`][offload.NotPicklableError].
+    - an ``initializer`` that raises fails only the call its worker was started
+      for, with [`InitializerError`][offload.InitializerError]; the pool stays
+      usable, where a standard pool breaks as a whole.
+
+    ``initializer`` and ``max_tasks_per_child`` mean what they mean for
+    ``ProcessPoolExecutor``. The initializer runs once in each worker process,
+    before its first call: in every new worker, also those that replace a
+    worker that was recycled, terminated or died. If it raises, that worker
+    exits, and the call it was started for fails with ``InitializerError``
+    (the initializer's exception is its ``__cause__``). The next call starts a
+    new worker, which runs the initializer again, so an initializer that can
+    never succeed fails every call, each after starting a worker.
+
+    A worker exits after ``max_tasks_per_child`` calls (calls that reached it:
+    one that could not be pickled never does), and the next call that needs
+    a worker starts a new one. There are never more than ``max_workers``
+    worker processes, the exiting ones included. ``ProcessPoolExecutor``
+    refuses ``max_tasks_per_child`` with ``"fork"``, because it forks all its
+    workers before its manager thread starts and a replacement would be forked
+    from a process with threads. This pool starts every worker on demand from
+    its manager thread whatever the option, so a recycled worker is forked
+    exactly as any other: ``"fork"`` is allowed, with the risk it always has
+    (see ``start_method``).
 
     Args:
-        max_workers: Worker processes at most; defaults to the CPU count.
+        max_workers: Worker processes at most; defaults to the CPUs this
+            process may use (``os.process_cpu_count()`` on Python 3.13+, else
+            the CPUs it may run on).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; defaults to
-            ``"forkserver"`` where available, else ``"spawn"``.
+            ``"forkserver"`` where available, else ``"spawn"``. Not ``"fork"``
+            by default: forking a process that runs threads copies their locks
+            in whatever state they are in.
         name: Prefix of the worker process names.
         terminate_timeout: Seconds between ``SIGTERM`` and ``SIGKILL`` when a
             worker is stopped.
+        max_tasks_per_child: Calls a worker process runs before it exits and
+            a new one takes its place; ``None`` (the default) keeps workers
+            for the pool's life. Bounds what a leaking library can hold.
+        initializer: Called as ``initializer(*initargs)`` once in each worker
+            process before its first call, to set up what its calls share (a
+            connection, a model, a seeded generator). Under ``"spawn"`` and
+            ``"forkserver"`` it must be picklable: a module-level function.
+        initargs: The arguments of ``initializer``, a tuple. Under ``"spawn"``
+            and ``"forkserver"`` they are pickled once, when the pool is made.
+
+    Raises:
+        TypeError: ``initializer`` is not callable, or is a lambda or nested
+            function under ``"spawn"`` or ``"forkserver"``; ``initargs`` is not
+            a tuple, or is given without an initializer;
+            ``max_tasks_per_child`` is not an int.
+        ValueError: ``max_workers`` or ``max_tasks_per_child`` is not
+            positive, ``start_method`` is unknown, or ``terminate_timeout``
+            is negative.
+        NotPicklableError: under ``"spawn"`` or ``"forkserver"``, the
+            initializer or its arguments cannot be pickled.
 
     Examples:
-        >>> import offload
+        >>> import offload, socket
         >>> pool = offload.ProcessPool(2, start_method="spawn", name="offload-docs")
         >>> pool
         <offload.ProcessPool 'offload-docs' max_workers=2 start_method='spawn' 0 processes>
+        >>> pool.shutdown()
+
+        Each worker runs one call, then a new one replaces it; each sets its
+        default socket timeout before its first call:
+
+        >>> pool = offload.ProcessPool(
+        ...     1, start_method="spawn", max_tasks_per_child=1,
+        ...     initializer=socket.setdefaulttimeout, initargs=(5.0,),
+        ... )
+        >>> [pool.submit(socket.getdefaulttimeout).result(timeout=30) for _ in range(2)]
+        [5.0, 5.0]
         >>> pool.shutdown()
     """
 
@@ -206,9 +344,12 @@ class ProcessPool(Executor):
         start_method: str | None = None,
         name: str | None = None,
         terminate_timeout: float = 1.0,
+        max_tasks_per_child: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = usable_cpus()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive int, got {max_workers!r}")
         if start_method is None:
@@ -220,11 +361,15 @@ class ProcessPool(Executor):
             )
         if not terminate_timeout >= 0:
             raise ValueError(f"terminate_timeout must be >= 0, got {terminate_timeout!r}")
+        _check_max_tasks(max_tasks_per_child)
         self._context = multiprocessing.get_context(start_method)
         self._start_method = start_method
         self._max_workers = max_workers
         self._name = name or f"offload-processes{next(_pool_numbers)}"
         self._terminate_timeout = terminate_timeout
+        self._max_tasks_per_child = max_tasks_per_child
+        self._initializer_name = "" if initializer is None else name_of(initializer)
+        self._initializer = _pack_initializer(initializer, initargs, start_method, self._where())
         self._lock = threading.Lock()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closed = False
@@ -254,11 +399,21 @@ class ProcessPool(Executor):
         """How worker processes start: ``"fork"``, ``"spawn"`` or ``"forkserver"``."""
         return self._start_method
 
+    @property
+    def max_tasks_per_child(self) -> int | None:
+        """How many calls a worker process runs before a new one replaces it, or None."""
+        return self._max_tasks_per_child
+
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{len(self._workers)} processes"
+        recycle = (
+            ""
+            if self._max_tasks_per_child is None
+            else f" max_tasks_per_child={self._max_tasks_per_child}"
+        )
         return (
             f"<offload.ProcessPool {self._name!r} max_workers={self._max_workers} "
-            f"start_method={self._start_method!r} {state}>"
+            f"start_method={self._start_method!r}{recycle} {state}>"
         )
 
     # -- the caller's side ---------------------------------------------------
@@ -452,7 +607,9 @@ class ProcessPool(Executor):
         parent, child = self._context.Pipe()
         inherited = parent if self._start_method == "fork" else None
         process = self._context.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(child, inherited), name=f"{self._name}_{self._started}"
+            target=_worker_main,
+            args=(child, inherited, self._initializer, self._initializer_name),
+            name=f"{self._name}_{self._started}",
         )
         self._started += 1
         process.start()
@@ -467,31 +624,79 @@ class ProcessPool(Executor):
         except (EOFError, OSError):
             worker.gone = True
             return
+        self._take(worker, reply)
+
+    def _take(self, worker: _Worker, reply: bytes) -> None:
+        """What a worker sent: a call's outcome, or word that its initializer returned."""
+        if reply == INITIALIZED:
+            worker.initialized = True
+            return
         job, worker.job = worker.job, None
+        worker.calls += 1
+        init_failed = reply[:1] == INIT_FAILED
+        if init_failed:
+            worker.stopping = True  # it exits on its own
+        elif worker.calls == self._max_tasks_per_child:
+            self._stop_worker(worker)  # it has run its share: a new one takes its place
         if job is None or job.finished:
             return
         try:
-            job.end(*unpack_reply(reply, job.name))
+            if init_failed:
+                job.end(None, self._initializer_failed(job, worker, reply))
+            else:
+                job.end(*unpack_reply(reply, job.name))
         except BaseException as exc:  # whatever came back, the manager carries on
             if not job.finished:
                 job.end(None, _broke(job, exc))
 
+    def _initializer_failed(self, job: _Job, worker: _Worker, reply: bytes) -> InitializerError:
+        cause = unpack_exception(memoryview(reply)[1:], self._initializer_name)
+        pid = worker.process.pid
+        err = InitializerError(
+            f"the initializer {self._initializer_name} of the process pool {self._name!r} "
+            f"raised {describe_exception(cause)} in the worker process {pid}, so {job.name} "
+            "did not run; that worker exits, and the next call starts a new one, which runs "
+            "the initializer again",
+            pid=pid,
+        )
+        err.__cause__ = cause
+        return err
+
+    def _stop_worker(self, worker: _Worker) -> None:
+        """Tell an idle worker to exit once it has read what it was sent."""
+        worker.stopping = True
+        try:
+            worker.conn.send_bytes(b"")
+        except OSError:
+            worker.gone = True
+
     def _buried(self, worker: _Worker) -> None:
         """A worker process ended on its own: fail its call, forget the worker."""
         worker.process.join()
+        # What it sent before it died (a reply, word of its initializer) still counts.
+        with contextlib.suppress(EOFError, OSError):
+            while worker.job is not None and worker.conn.poll():
+                self._take(worker, worker.conn.recv_bytes())
         worker.conn.close()
         self._workers.remove(worker)
         job = worker.job
         if job is not None and not job.finished:
             code = worker.process.exitcode
+            pid = worker.process.pid
+            if self._initializer is not None and not worker.initialized:
+                how = (
+                    f"started for {job.name} died ({describe_exit(code)}) in its initializer "
+                    f"{self._initializer_name}, before the call ran"
+                )
+            else:
+                how = f"running {job.name} died ({describe_exit(code)}) before it returned"
             job.end(
                 None,
                 WorkerDiedError(
-                    f"the worker process running {job.name} died ({describe_exit(code)}) "
-                    f"before it returned; the pool {self._name!r} replaces it, so later "
-                    "calls run on a new worker",
+                    f"the worker process {pid} {how}; the pool {self._name!r} replaces it, "
+                    "so later calls run on a new worker",
                     code,
-                    pid=worker.process.pid,
+                    pid=pid,
                 ),
             )
 
@@ -527,11 +732,7 @@ class ProcessPool(Executor):
                 return False
         for worker in self._workers:
             if worker.idle:
-                worker.stopping = True
-                try:
-                    worker.conn.send_bytes(b"")
-                except OSError:
-                    worker.gone = True
+                self._stop_worker(worker)
         return not self._workers and not self._dying
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -545,6 +746,62 @@ class ProcessPool(Executor):
                 job.end(None, RuntimeError(f"the process pool {self._name!r} failed: {exc!r}"))
         for worker in self._workers + self._dying:
             worker.process.kill()
+
+
+def _check_max_tasks(max_tasks_per_child: object) -> None:
+    if max_tasks_per_child is None:
+        return
+    if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+        raise TypeError(
+            "max_tasks_per_child must be a positive int (calls per worker process) or None, "
+            f"got {max_tasks_per_child!r}"
+        )
+    if max_tasks_per_child < 1:
+        raise ValueError(
+            "max_tasks_per_child must be a positive int (calls per worker process) or None, "
+            f"got {max_tasks_per_child!r}"
+        )
+
+
+def _pack_initializer(
+    initializer: object, initargs: object, start_method: str, where: str
+) -> Initializer | None:
+    """What each worker gets to run before its first call, checked now; None for nothing."""
+    if not isinstance(initargs, tuple):
+        raise TypeError(
+            f"initargs must be a tuple of the initializer's arguments, got {initargs!r} "
+            f"(a {type(initargs).__name__}); for one argument write initargs=(value,)"
+        )
+    if initializer is None:
+        if initargs:
+            raise TypeError(f"initargs={initargs!r} was given without an initializer to take it")
+        return None
+    if not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable, run in each worker process before its first "
+            f"call, got {initializer!r} (a {type(initializer).__name__})"
+        )
+    if start_method == "fork":  # a forked worker has it already: nothing to pickle
+        return initializer, initargs
+    error = local_function_error(
+        initializer,
+        f"{where} as its initializer",
+        advice=(
+            f"Under {start_method!r} each worker process imports it: define it at module "
+            "level, or start workers with start_method='fork'."
+        ),
+    )
+    if error is not None:
+        raise error
+    try:
+        return pickle.dumps((initializer, initargs), PROTOCOL)
+    except Exception as exc:
+        raise NotPicklableError(
+            f"the initializer {name_of(initializer)} or its initargs cannot be pickled to "
+            f"send them to worker processes started with {start_method!r} "
+            f"({describe_exception(exc)}). Define the initializer at module level and pass "
+            "picklable initargs, or start workers with start_method='fork'."
+        ) from exc
 
 
 def _broke(job: _Job, exc: BaseException) -> BaseException:
