@@ -145,7 +145,7 @@ def test_a_registered_pool_shut_down_by_asyncio_run_fails_later_calls_clearly() 
         async def call() -> str:
             return await work()
 
-        with pytest.raises(offload.ExecutorShutdownError, match="instance-pool.*shut down"):
+        with pytest.raises(offload.ExecutorShutdownError, match=r"instance-pool.*shut down"):
             asyncio.run(call())
     finally:
         registry.shutdown()
