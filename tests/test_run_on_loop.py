@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
+import gc
 import inspect
 import random
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
@@ -220,6 +223,70 @@ async def test_an_awaitable_returned_by_a_callable_is_awaited_on_the_loop(
         return offload.run_on_loop(fn)
 
     assert await offload.offload(body, executor=pool)() == 10
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[Any]]:
+    """Collect with DEBUG_SAVEALL, and hand over what a collection finds."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@pytest.mark.parametrize("form", ["coroutine", "plain"])
+def test_an_exception_through_run_on_loop_leaves_no_reference_cycle(
+    pool: offload.ThreadPool, saved_garbage: list[Any], form: str
+) -> None:
+    """A loop-side exception that fails the call leaves no cycle holding its Future or frames."""
+
+    def refuse_plain(x: int) -> None:
+        raise ValueError(x)
+
+    async def refuse(x: int) -> None:
+        await asyncio.sleep(0)
+        raise ValueError(x)
+
+    def body(x: int) -> None:
+        offload.run_on_loop(refuse if form == "coroutine" else refuse_plain, x)
+
+    async def cancels_itself() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    def cancelled_body() -> None:
+        offload.run_on_loop(cancels_itself)
+
+    async def main() -> None:
+        for x in range(20):
+            with contextlib.suppress(ValueError):
+                await offload.offload(body, executor=pool)(x)
+        with contextlib.suppress(asyncio.CancelledError):
+            await offload.offload(cancelled_body, executor=pool)()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    gc.collect()
+    bridge_code = {
+        value.__code__ for value in vars(offload._bridge).values() if inspect.isfunction(value)
+    }
+    ours = [
+        obj
+        for obj in saved_garbage
+        if (isinstance(obj, asyncio.Future) and obj.get_loop() is loop)
+        or (isinstance(obj, types.FrameType) and obj.f_code in bridge_code)
+    ]
+    assert ours == []
 
 
 # -- Contextvars ------------------------------------------------------------------

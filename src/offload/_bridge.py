@@ -141,6 +141,14 @@ def run_on_loop(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
             "run_on_loop(): the event loop that made this offloaded call is closed, so "
             "nothing can run on it any more"
         ) from None
+    # An exception raised here keeps this frame in its traceback, and may fail
+    # the call's Future: drop the Future, or the three would form a cycle.
+    del future, context, args, kwargs
+    return _wait(loop, rendezvous, fn)
+
+
+def _wait(loop: asyncio.AbstractEventLoop, rendezvous: _Rendezvous, fn: Callable[..., Any]) -> Any:
+    """On the worker: wait for the loop side's outcome, watching for the loop to close."""
     done = rendezvous.done
     while not done.wait(_POLL):
         if loop.is_closed() and not done.is_set():
@@ -211,6 +219,10 @@ def _start(  # noqa: PLR0917 - what the worker hands over, in one callback
         result = context.run(fn, *args, **kwargs)
     except BaseException as exc:
         rendezvous.fail(exc)
+        # fn's frame in the traceback links back to this one: drop the locals
+        # that would tie the exception, the call's Future and this frame into
+        # a cycle once the exception fails the call.
+        del loop, future, rendezvous
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise  # as a task does: the loop stops too
         return
@@ -218,7 +230,11 @@ def _start(  # noqa: PLR0917 - what the worker hands over, in one callback
         rendezvous.succeed(result)
         return
     coro = result if asyncio.iscoroutine(result) else _await(result)
-    task = loop.create_task(coro, context=context)
+    _watch(future, loop.create_task(coro, context=context), rendezvous)
+
+
+def _watch(future: asyncio.Future[Any], task: asyncio.Task[Any], rendezvous: _Rendezvous) -> None:
+    """On the loop: cancel ``task`` if the call is given up; once it ends, tell the worker."""
 
     def given_up(_: asyncio.Future[Any]) -> None:
         task.cancel(_GAVE_UP)
@@ -233,13 +249,28 @@ def _start(  # noqa: PLR0917 - what the worker hands over, in one callback
                 gave_up.__cause__ = task.exception()
             rendezvous.fail(gave_up)
             return
-        try:
+        if task.cancelled():
+            # A fresh CancelledError, with the task's message: raising the one
+            # task.result() makes would put this frame (and the Future) in it.
+            rendezvous.fail(_cancelled_error(task))
+            return
+        error = task.exception()  # the object itself, without raising it here
+        if error is None:
             rendezvous.succeed(task.result())
-        except BaseException as exc:  # the task's own exception object
-            rendezvous.fail(exc)
+        else:
+            rendezvous.fail(error)
 
     future.add_done_callback(given_up)
     task.add_done_callback(ended)
+
+
+def _cancelled_error(task: asyncio.Task[Any]) -> asyncio.CancelledError:
+    """The CancelledError a cancelled task raises, made without raising it in this frame."""
+    try:
+        task.result()
+    except asyncio.CancelledError as exc:
+        return asyncio.CancelledError(*exc.args)
+    return asyncio.CancelledError()  # not reached: the task is cancelled
 
 
 async def _await(awaitable: Awaitable[R]) -> R:
