@@ -59,6 +59,12 @@ def identity(value: Any) -> Any:
 
 
 @registry.offload("procs")
+def back_to_the_loop() -> int:
+    """Asks for the caller's loop from a worker process, where there is none."""
+    return offload.run_on_loop(len, "abc")
+
+
+@registry.offload("procs")
 def make_lock() -> threading.Lock:
     """A result that cannot be pickled."""
     return threading.Lock()

@@ -24,6 +24,7 @@ from ._api import offload as offload
 from ._api import register as register
 from ._api import shutdown as shutdown
 from ._api import stats as stats
+from ._bridge import run_on_loop as run_on_loop
 from ._call import cancelled as cancelled
 from ._call import check_cancelled as check_cancelled
 from ._dask import DaskExecutor as DaskExecutor
@@ -79,6 +80,7 @@ __all__ = (
     "offload",
     "register",
     "run_on_executor",
+    "run_on_loop",
     "shutdown",
     "stats",
 )
