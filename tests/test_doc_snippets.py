@@ -46,6 +46,7 @@ PAGES = (
     "docs/reliability.md",
     "docs/processes.md",
     "docs/drivers.md",
+    "docs/bridges.md",
 )
 
 #: Where the README's absolute links point: the source tree, and raw files such as images.
