@@ -372,6 +372,7 @@ class ProcessPool(Executor):
         self._initializer = _pack_initializer(initializer, initargs, start_method, self._where())
         self._lock = threading.Lock()
         self._queue: collections.deque[_Job] = collections.deque()
+        self._given_up = False  # a call was given up: the queue may hold it (see _drop_given_up)
         self._closed = False
         self._exiting = False
         self._woken = False
@@ -471,6 +472,7 @@ class ProcessPool(Executor):
         if not job.finished:
             job.abandoned = True
             with self._lock:
+                self._given_up = True
                 self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -529,6 +531,7 @@ class ProcessPool(Executor):
         while True:
             now = time.monotonic()
             self._assign()
+            self._drop_given_up()
             if self._exiting:  # every running call is given up, the one just assigned too
                 for worker in self._workers:
                     if worker.job is not None:
@@ -579,6 +582,20 @@ class ProcessPool(Executor):
             except BaseException as exc:  # whatever a job does, the manager carries on
                 if not job.finished:
                     job.end(None, _broke(job, exc))
+
+    def _drop_given_up(self) -> None:
+        # A call given up while queued leaves the queue now, not when a worker
+        # frees: it ends unrun at once, so its slot comes back and a caller
+        # that waits for its end (cancel="wait") hears now.
+        with self._lock:
+            if not self._given_up:
+                return
+            self._given_up = False
+            left = [job for job in self._queue if job.abandoned]
+            if left:
+                self._queue = collections.deque(job for job in self._queue if not job.abandoned)
+        for job in left:
+            job.start()  # given up: it ends unrun
 
     def _give(self, job: _Job, worker: _Worker | None) -> None:
         try:
