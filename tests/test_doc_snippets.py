@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -506,3 +507,17 @@ def test_readme_first_screen_shows_the_demo_and_test_commands() -> None:
     shell = [b.code for b in SHELL if b.page == "README.md" and b.code in first_screen]
     assert any("-m offload demo" in code and "pip install -e ." in code for code in shell)
     assert any("-m pytest" in code and "pip install -e '.[test]'" in code for code in shell)
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_no_paragraph_is_glued_to_a_table(page: str) -> None:
+    """A table ends with a blank line: Markdown would render a line right after it as a row."""
+    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    glued = [
+        number + 2
+        for number, (line, following) in enumerate(itertools.pairwise(lines))
+        if line.startswith("|") and following.strip() and not following.startswith("|")
+    ]
+    assert not glued, f"{page}: lines {glued} follow a table without a blank line"
