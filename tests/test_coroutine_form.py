@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import os
+import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import pytest
@@ -321,3 +324,61 @@ def test_options_that_do_not_fit_are_refused_at_decoration(
 
     with pytest.raises(error, match=match):
         decorate()
+
+
+# -- Under forced interleavings -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["threadpool", "stdlib-threads"])
+def test_cancels_racing_the_start_never_end_a_call_whose_body_still_runs(kind: str) -> None:
+    """Hundreds of calls cancelled at every moment, switching threads every microsecond:
+    no caller hears while its call's body runs, and no body starts once its caller heard."""
+    pool = offload.ThreadPool(64) if kind == "threadpool" else ThreadPoolExecutor(64)
+    release = threading.Event()
+    lock = threading.Lock()
+    running: dict[int, bool] = {}  # call number -> inside the body now
+    heard: set[int] = set()
+    violations: list[str] = []
+
+    def body(n: int) -> int:
+        with lock:
+            if n in heard:
+                violations.append(f"call {n} started after its caller heard")
+            running[n] = True
+        release.wait(WAIT)  # held until every call was cancelled
+        with lock:
+            running[n] = False
+        return n
+
+    def on_done(n: int, _task: object) -> None:
+        with lock:
+            heard.add(n)
+            if running.get(n):
+                violations.append(f"call {n} was reported over while its body ran")
+
+    form = offload.offload(body, executor=pool, coroutine=True, cancel="wait")
+
+    async def main() -> None:
+        tasks = []
+        for n in range(400):
+            task = asyncio.ensure_future(form(n))
+            task.add_done_callback(functools.partial(on_done, n))
+            tasks.append(task)
+        for n, task in enumerate(tasks):
+            for _ in range(n % 4):  # cancel at a different moment each time
+                await asyncio.sleep(0)
+            task.cancel()
+        release.set()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(o, (int, asyncio.CancelledError)) for o in outcomes)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        asyncio.run(main())
+    finally:
+        sys.setswitchinterval(interval)
+        release.set()
+        pool.shutdown(wait=True)
+    assert violations == []
+    assert heard == set(range(400))

@@ -146,7 +146,7 @@ async def test_shutdown_waits_for_running_calls(registry: offload.Registry) -> N
     stopping = asyncio.ensure_future(asyncio.to_thread(registry.shutdown))
     release.set()
     await asyncio.wait_for(stopping, WAIT)
-    assert not any(thread.is_alive() for thread in pool._threads)
+    assert not any(thread.is_alive() for thread in pool._workers)
     assert await future == "done"
 
 

@@ -18,7 +18,7 @@ from ._kinds import kind_of
 from ._pickling import local_function_error
 from ._route import Route
 from ._timeouts import check_timeout
-from ._watch import to_the_end
+from ._watch import Watch, to_the_end
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -283,9 +283,14 @@ def coroutine_form(
         route_now = _route_now(registry, spec)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            route = route_now()
-            future = route.call(asyncio.get_running_loop(), func, args, kwargs, timeout)
-            return await to_the_end(future, gated=route.kind.ends_unstarted_in_run)
+            route, loop = route_now(), asyncio.get_running_loop()
+            watch = Watch(loop, gated=route.kind.ends_unstarted_in_run)
+            try:
+                route.call(loop, func, args, kwargs, timeout, watch=watch)
+            except BaseException:
+                watch.forget()  # refused: it was never sent
+                raise
+            return await to_the_end(watch)
 
     else:
 

@@ -41,6 +41,7 @@ from ._timeouts import arm
 
 if TYPE_CHECKING:
     from ._bound import Bound
+    from ._watch import Watch
 
 
 class Route:
@@ -74,14 +75,20 @@ class Route:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None = None,
+        *,
+        watch: Watch | None = None,
     ) -> asyncio.Future[Any]:
         """Send ``fn(*args, **kwargs)`` to the executor; its Future, on ``loop``.
 
         On threads the caller's contextvars travel as a copy, so what the
         worker sets does not leak back and concurrent calls do not see each
-        other's values. Other processes get no contextvars.
+        other's values. Other processes get no contextvars. A ``watch``
+        (``cancel="wait"``) is in place before the call is sent: a worker may
+        start it at once.
         """
         future = loop.create_future()
+        if watch is not None:
+            watch.watching(future)
         delivery = _deliveries.get(id(loop)) or delivery_for(loop)
         stats = self.stats
         queued_at = 0.0

@@ -33,15 +33,26 @@ class Watch:
     a call the caller left never runs, and one that began is waited for.
     """
 
-    __slots__ = ("ended", "gated", "gave_up", "left", "lock", "loop", "started")
+    __slots__ = ("ended", "future", "gated", "gave_up", "left", "lock", "loop", "started")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, gated: bool) -> None:
         self.loop = loop
         self.ended: asyncio.Future[None] = loop.create_future()
+        self.future: asyncio.Future[Any] | None = None
         self.gave_up = False
         self.gated = gated  # the call's kind ends it unrun in _call.run
         self.lock = threading.Lock()
         self.started = self.left = False
+
+    def watching(self, future: asyncio.Future[Any]) -> None:
+        """Watch the call of ``future``: before it is sent, so its worker sees the watch."""
+        self.future = future
+        watched[future] = self
+
+    def forget(self) -> None:
+        """The caller stops watching (its call ended, or was never sent)."""
+        if self.future is not None:
+            watched.pop(self.future, None)
 
     def begin(self) -> bool:
         """On the worker, before the call runs: whether it may (its caller has not left)."""
@@ -91,17 +102,16 @@ def gave_up(future: asyncio.Future[Any]) -> None:
         watch.gave_up = True
 
 
-async def to_the_end(future: asyncio.Future[Any], *, gated: bool) -> Any:
-    """Await an offloaded call's Future; if it was given up, wait until its work is over too.
+async def to_the_end(watch: Watch) -> Any:
+    """Await a watched call's Future; if it was given up, wait until its work is over too.
 
     Its outcome is the Future's: its result, its error, or ``CancelledError``
     if it was cancelled. Cancelling the waiting task again changes nothing but
     that: the wait goes on until the work is over, and then ends in
-    ``CancelledError``. ``gated``: the call's kind ends a given-up queued call
-    only in ``_call.run`` (see ``Watch``).
+    ``CancelledError``.
     """
-    watch = Watch(future.get_loop(), gated=gated)
-    watched[future] = watch
+    future = watch.future
+    assert future is not None  # noqa: S101  # watching() ran as the call was sent
     try:
         return await future
     except BaseException as exc:
@@ -113,7 +123,7 @@ async def to_the_end(future: asyncio.Future[Any], *, gated: bool) -> Any:
                 raise asyncio.CancelledError from exc
         raise
     finally:
-        watched.pop(future, None)
+        watch.forget()
 
 
 async def _sit_out(ended: asyncio.Future[None]) -> bool:
