@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import inspect
 import os
 import sys
 import threading
+import types
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -382,3 +386,92 @@ def test_cancels_racing_the_start_never_end_a_call_whose_body_still_runs(kind: s
         pool.shutdown(wait=True)
     assert violations == []
     assert heard == set(range(400))
+
+
+# -- Found by review -------------------------------------------------------------
+
+
+def test_a_watched_call_the_executor_drops_unrun_ends_at_once_and_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    """Queued calls that their executor drops (``shutdown(cancel_futures=True)``) end their
+    waiting callers at once, cancelled, and leave nothing watched."""
+    pool = offload.ProcessPool(1, start_method="fork")
+    targets.registry.register("procs", pool, replace=True)
+    started, release = tmp_path / "started", tmp_path / "release"
+
+    async def main() -> None:
+        busy = targets.hold(started, release)  # the only worker, held
+        assert await asyncio.to_thread(targets._wait_for, started)
+        queued = [asyncio.ensure_future(targets.Solid(2).volume()) for _ in range(3)]
+        await asyncio.sleep(0)  # each task has sent its call: they wait in the pool's queue
+        pool.shutdown(wait=False, cancel_futures=True)
+        done, _ = await asyncio.wait(queued, timeout=WAIT)
+        assert len(done) == 3, "a call dropped unrun kept its caller waiting"
+        assert all(task.cancelled() for task in queued)
+        release.touch()
+        await busy
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.touch()
+        pool.shutdown(wait=True)
+    assert offload._watch.watched == {}
+
+
+async def test_failed_calls_in_the_wait_form_leave_no_reference_cycles() -> None:
+    """With cancel="wait", a call that raises leaves no cycle of Future, exception and frame."""
+
+    def fails(n: int) -> None:
+        raise ValueError(n)
+
+    form = offload.offload(fails, executor="io", coroutine=True, cancel="wait")
+    loop = asyncio.get_running_loop()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for n in range(20):
+            with pytest.raises(ValueError):
+                await form(n)
+        gc.collect()
+        ours = [
+            o
+            for o in gc.garbage
+            if (isinstance(o, asyncio.Future) and o.get_loop() is loop)
+            or (isinstance(o, types.FrameType) and o.f_code.co_name == "to_the_end")
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert ours == []
+
+
+def test_a_closed_loop_with_a_watched_call_running_is_freed() -> None:
+    """A loop closed while a watched call runs is not kept alive by the watch."""
+    started, release = threading.Event(), threading.Event()
+
+    def body() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    form = offload.offload(body, executor="io", coroutine=True, cancel="wait")
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(form())
+    loop.run_until_complete(loop.run_in_executor(None, started.wait, WAIT))
+    loop.run_until_complete(loop.shutdown_default_executor())
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # dropped on purpose
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop, task
+    release.set()
+    assert offload.get_executor("io").submit(int).result(WAIT) == 0  # the body has returned
+    for _ in range(100):
+        gc.collect()
+        if ref() is None and not offload._watch.watched:
+            break
+        threading.Event().wait(0.01)
+    assert ref() is None
+    assert offload._watch.watched == {}

@@ -149,3 +149,25 @@ def test_a_registered_pool_shut_down_by_asyncio_run_fails_later_calls_clearly() 
             asyncio.run(call())
     finally:
         registry.shutdown()
+
+
+def test_a_factory_that_shuts_another_pool_down_does_not_deadlock() -> None:
+    """A registry factory may shut a ThreadPool down while the registry holds its entry's
+    lock: the shutdown hook does not wait for that lock."""
+    registry = offload.Registry()
+    old = offload.ThreadPool(1, name="old")
+
+    def factory() -> offload.ThreadPool:
+        old.shutdown(wait=False)
+        return offload.ThreadPool(1, name="made")
+
+    registry.register("x", factory)
+    made: list[object] = []
+    thread = threading.Thread(target=lambda: made.append(registry.get_executor("x")), daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    try:
+        assert not thread.is_alive(), "get_executor deadlocked"
+        assert isinstance(made[0], offload.ThreadPool)
+    finally:
+        registry.shutdown()

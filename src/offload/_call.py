@@ -54,7 +54,7 @@ _running = _Running()
 REMOTE = object()
 
 
-def run(call: Call) -> None:  # noqa: C901, PLR0912 - the hot path, flat on purpose
+def run(call: Call) -> None:  # noqa: C901 - the hot path, flat on purpose
     """Run an offloaded call on a worker thread: the one place a thread runs one.
 
     A call whose Future is done before it starts (cancelled, timed out, failed
@@ -63,14 +63,12 @@ def run(call: Call) -> None:  # noqa: C901, PLR0912 - the hot path, flat on purp
     on the path every call to offload's own pool takes.
     """
     future = call[FUTURE]
-    if future.done():
+    # A watcher (cancel="wait") is looked up before the Future is read: it
+    # forgets its watch only once the Future is done, so one of the two tells.
+    watch = watched.get(future) if watched else None
+    if future.done() or (watch is not None and not watch.begin()):
         never_ran(call)
         return
-    if watched:  # someone waits for the end of a call's work: see _watch
-        watch = watched.get(future)
-        if watch is not None and not watch.begin():
-            never_ran(call)
-            return
     route = call[ROUTE]
     stats = route.stats
     started = 0.0

@@ -90,6 +90,8 @@ class Delivery:
             fate = _fate(future, exc)
             if stats is not None and fate is not None:
                 stats.add(fate)
+            if watched and type(exc) is not GaveUp:  # nobody can await it: let go
+                over(future)
 
     def drain(self) -> None:  # noqa: C901, PLR0912 - one flat loop, run once per burst
         """On the loop: settle up to ``MAX_PER_WAKEUP`` futures, then yield."""
@@ -115,10 +117,12 @@ class Delivery:
                 future.set_result(result)
                 if stats is not None:  # once per call: this loop's own row
                     (self.rows.get(stats) or self.row(stats))[COMPLETED] += 1
-            elif exc is CANCELLED:
+            elif exc is CANCELLED:  # the executor dropped it unrun: its end
                 future.cancel()
                 if stats is not None:
                     stats.add(CANCELLED_COUNT)
+                if watched:
+                    over(future)
             else:
                 future.set_exception(exc)
                 if stats is not None:

@@ -240,7 +240,10 @@ class StdProcesses(Kind):
         super().__init__(executor)
         self.lock = threading.Lock()
         # Calls waiting for a worker, each with its pickled call and its name.
-        self.backlog: collections.deque[tuple[Call, tuple[bytes, str]]] = collections.deque()
+        # Keyed by the call's Future, oldest first, so a call given up leaves at once.
+        self.backlog: collections.OrderedDict[Any, tuple[Call, tuple[bytes, str]]] = (
+            collections.OrderedDict()
+        )
         self.in_flight = 0  # calls the pool holds
         self.limit = workers_of(executor) or 1
         self.closing = False  # stop() was asked: shut the pool down once the backlog is sent
@@ -266,10 +269,14 @@ class StdProcesses(Kind):
             fail_unstarted(call, exc)
             return
         with self.lock:
-            if self.in_flight >= self.limit:
-                self.backlog.append((call, (data, name)))
-                return
-            self.in_flight += 1
+            waits = self.in_flight >= self.limit
+            if waits:
+                self.backlog[call[FUTURE]] = (call, (data, name))
+            else:
+                self.in_flight += 1
+        if waits:
+            call[FUTURE].add_done_callback(self._left_backlog)
+            return
         try:
             sent = self._submit(call, data, name)
         except BaseException:
@@ -314,11 +321,20 @@ class StdProcesses(Kind):
         finish(call, *unpack_reply(data, name), started)
         self._freed()
 
+    def _left_backlog(self, future: Any) -> None:
+        # Done-callback of a waiting call's Future: given up (or failed) while it
+        # waited, it ends unrun now, not when a worker frees. If a refill took
+        # it first, the refill ends it.
+        with self.lock:
+            waiting = self.backlog.pop(future, None)
+        if waiting is not None:
+            never_ran(waiting[0])
+
     def _freed(self, *, broken: bool = False) -> None:
         """A call left the pool: hand it the oldest waiting call not given up."""
         while True:
             with self.lock:
-                waiting = self.backlog.popleft() if self.backlog else None
+                waiting = self.backlog.popitem(last=False)[1] if self.backlog else None
                 if waiting is None:
                     self.in_flight -= 1
                     if self.closing:
@@ -348,7 +364,7 @@ class StdProcesses(Kind):
         """Drop or keep the backlog; shut the pool down once nothing is left to send."""
         with self.lock:
             self.closing = True
-            dropped = [call for call, _ in self.backlog] if cancel_futures else []
+            dropped = [call for call, _ in self.backlog.values()] if cancel_futures else []
             if cancel_futures:
                 self.backlog.clear()
             if not self.backlog:

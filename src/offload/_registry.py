@@ -138,6 +138,10 @@ class _Entry:
 
     def forget(self, executor: Executor) -> bool:
         """Forget ``executor`` if it is this entry's and a factory can replace it."""
+        # Looked at first without the lock, which a factory may hold while it runs
+        # (and shuts some other pool down): only this pool's entries are locked.
+        if self.executor is not executor:
+            return False
         with self.lock:
             if self.executor is not executor or self.factory is None:
                 return False

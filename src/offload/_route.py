@@ -38,6 +38,7 @@ from ._delivery import _deliveries, delivery_for, settable
 from ._kinds import kind_of
 from ._stats import SAMPLE_MASK, SUBMITTED, Stats, now
 from ._timeouts import arm
+from ._watch import watched
 
 if TYPE_CHECKING:
     from ._bound import Bound
@@ -150,6 +151,10 @@ class Route:
             BaseException: the call could not be sent; the caller frees its slot.
         """
         call = (*call[:ROUTE], self, call[QUEUED_AT], True)
+        watch = watched.get(call[FUTURE]) if watched else None
+        if watch is not None and not watch.sending(self.kind.ends_unstarted_in_run):
+            never_ran(call)  # its caller left while it waited (cancel="wait"): it never runs
+            return
         if self.kind.hand_over_inline:
             self.send(call)
             return

@@ -62,12 +62,20 @@ class Watch:
             self.started = True
             return True
 
+    def sending(self, gated: bool) -> bool:
+        """A call that waited for a slot is sent now, on a route whose kind is ``gated`` or
+        not: whether to send it (its caller has not left).
+        """
+        with self.lock:
+            if self.left:
+                return False
+            self.gated = gated
+            return True
+
     def leave(self) -> bool:
         """On the loop, as the caller gives up: whether the call will never run."""
-        if not self.gated:
-            return False
         with self.lock:
-            if not self.started:
+            if self.gated and not self.started:
                 self.left = True
             return self.left
 
@@ -124,6 +132,9 @@ async def to_the_end(watch: Watch) -> Any:
         raise
     finally:
         watch.forget()
+        # The traceback keeps this frame: let go of the Future, which holds the
+        # exception, or the three would form a cycle per failed call.
+        watch.future = future = None
 
 
 async def _sit_out(ended: asyncio.Future[None]) -> bool:
