@@ -1288,8 +1288,13 @@ async def test_an_iterator_on_a_shut_down_affine_thread_loses_no_item_and_never_
             blocker = thread.submit(pt.hold, tmp_path / "blocker", tmp_path / "release")
         (tmp_path / "go0").touch()
         got = [await asyncio.wait_for(first, SOON)]  # the producer of item 1 is on its way now
-        if when != "producer-running":
-            # ... so that producer is queued behind it.
+        # ... so that producer is queued behind it; unless the producer of item 0 took the
+        # credit for item 1 before it returned, and waits for go1 first (both orders are the
+        # executor's to choose).
+        if when != "producer-running" and not await asyncio.to_thread(
+            pt.wait_for, tmp_path / "blocker", SOON
+        ):
+            (tmp_path / "go1").touch()
             assert await asyncio.to_thread(pt.wait_for, tmp_path / "blocker")
         thread.shutdown(wait=False, cancel_futures=when == "producer-queued-cancelled")
         for i in range(1, 4):

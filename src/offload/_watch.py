@@ -63,8 +63,9 @@ class Watch:
             return True
 
     def sending(self, gated: bool) -> bool:
-        """A call that waited for a slot is sent now, on a route whose kind is ``gated`` or
-        not: whether to send it (its caller has not left).
+        """Whether to send a call that waited for a slot (its caller has not left).
+
+        ``gated``: the kind of the route it is sent on now ends it unrun in ``_call.run``.
         """
         with self.lock:
             if self.left:

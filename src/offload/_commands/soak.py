@@ -300,8 +300,16 @@ async def soak(
     if leftover:
         report.breaks.append(f"threads left over after shutdown: {leftover}")
     del run, registry
-    gc.collect()
-    alive = _live_futures(asyncio.get_running_loop())
+    # Outcomes that arrived as the pools shut down are still on their way to this loop
+    # (a wake-up scheduled from another thread, a drain of at most a burst at a time):
+    # let the loop settle them before counting what is left.
+    loop = asyncio.get_running_loop()
+    for _ in range(100):
+        gc.collect()
+        alive = _live_futures(loop)
+        if not alive:
+            break
+        await asyncio.sleep(0.01)
     if alive:
         report.breaks.append(f"{alive} asyncio Futures of the soak's loop still alive after it")
     grown = len(gc.get_objects()) - baseline_objects
