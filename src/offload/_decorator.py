@@ -283,6 +283,7 @@ def coroutine_form(
         route_now = _route_now(registry, spec)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            """Run the call on the executor; if given up, return once its work is over."""
             route, loop = route_now(), asyncio.get_running_loop()
             watch = Watch(loop, gated=route.kind.ends_unstarted_in_run)
             try:
@@ -295,6 +296,7 @@ def coroutine_form(
     else:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            """Run the call on the executor and return its result."""
             return await offloaded(*args, **kwargs)
 
     functools.update_wrapper(call, func)  # __wrapped__ is the sync original, as on the Future form
