@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated registry per test, and the executor kinds."""
+"""Shared fixtures: an isolated registry per test, the executor kinds, and private servers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import pytest
 
 import offload
+from tests import servers
 
 #: How long a test waits for another thread before it counts as a hang.
 WAIT = 10.0
@@ -42,3 +43,17 @@ def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
     )
     yield pool
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[servers.RedisServer]:
+    """A private redis-server for the session, on a free port; stopped at the end."""
+    with servers.running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[servers.PostgresServer]:
+    """A private PostgreSQL for the session, on a free port; stopped at the end."""
+    with servers.running_postgres() as server:
+        yield server

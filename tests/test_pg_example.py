@@ -1,0 +1,284 @@
+"""The example psycopg driver and its Tornado app: real HTTP, real psycopg, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from examples import pg_app, pg_driver
+from tornado import gen
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.testing import AsyncHTTPTestCase, gen_test
+from tornado.web import Application
+
+import offload
+from tests.conftest import WAIT
+from tests.servers import PostgresServer
+from tests.test_sqlite_example import Heartbeat, until
+
+ACCOUNTS = [(1, "ann", 100), (2, "bob", 100), (3, "cy", 0)]
+
+
+def reset(server: PostgresServer) -> None:
+    """Drop the example's tables and start again from the schema and three accounts."""
+    with psycopg.connect(server.conninfo, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS transfers, accounts")
+        for statement in pg_app.SCHEMA:
+            admin.execute(statement)
+        admin.cursor().executemany(
+            "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)", ACCOUNTS
+        )
+
+
+@pytest.fixture
+def admin(postgres_server: PostgresServer) -> Iterator[psycopg.Connection[Any]]:
+    """A plain sync connection, to look at the database behind the app's back."""
+    with psycopg.connect(postgres_server.conninfo, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+async def conn(postgres_server: PostgresServer) -> AsyncIterator[pg_driver.AsyncConnection]:
+    """A driver connection on its own thread, to a freshly reset database."""
+    reset(postgres_server)
+    made = await pg_driver.connect(postgres_server.conninfo)
+    yield made
+    await made.close()
+
+
+class BankAppTest(AsyncHTTPTestCase):
+    """The bank served over HTTP from a pool of two connections to the session's PostgreSQL."""
+
+    POOL_SIZE = 2
+    server: PostgresServer
+
+    @pytest.fixture(autouse=True)
+    def _server(self, postgres_server: PostgresServer) -> None:
+        self.server = postgres_server
+        reset(postgres_server)
+
+    def get_app(self) -> Application:
+        conninfo = self.server.conninfo
+        self.pool = self.io_loop.run_sync(
+            lambda: pg_app.open_database(conninfo, size=self.POOL_SIZE)
+        )
+        return pg_app.make_app(self.pool)
+
+    def get_http_client(self) -> AsyncHTTPClient:
+        return AsyncHTTPClient(force_instance=True, max_clients=64)
+
+    def tearDown(self) -> None:
+        self.io_loop.run_sync(self.pool.close)
+        super().tearDown()
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.server.conninfo, autocommit=True)
+
+    def balances(self) -> dict[int, int]:
+        with self.admin() as admin:
+            return dict(admin.execute("SELECT id, balance FROM accounts").fetchall())
+
+    async def call(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+        body = None if payload is None else json.dumps(payload)
+        if body is None and method == "POST":
+            body = ""
+        response: HTTPResponse = await self.http_client.fetch(
+            self.get_url(path), method=method, body=body, raise_error=False, request_timeout=WAIT
+        )
+        text = response.body.decode() if response.body else ""
+        if response.headers.get("Content-Type") == "application/x-ndjson":
+            return response.code, [json.loads(line) for line in text.splitlines()]
+        return response.code, json.loads(text) if text else None
+
+    async def transfer(self, source: int, target: int, amount: int) -> tuple[int, Any]:
+        return await self.call(
+            "POST", "/transfers", {"from": source, "to": target, "amount": amount}
+        )
+
+    @gen_test(timeout=WAIT)
+    async def test_accounts_are_listed_and_opened(self) -> None:
+        """GET /accounts returns the rows; POST opens one; a duplicate id is a 400."""
+        code, accounts = await self.call("GET", "/accounts")
+        assert code == 200
+        assert accounts == [{"id": i, "owner": o, "balance": b} for i, o, b in ACCOUNTS]
+        assert await self.call("POST", "/accounts", {"id": 4, "owner": "di", "balance": 5}) == (
+            201,
+            {"id": 4},
+        )
+        assert (await self.call("POST", "/accounts", {"id": 4, "owner": "x", "balance": 0}))[
+            0
+        ] == 400
+        assert self.balances()[4] == 5
+
+    @gen_test(timeout=WAIT)
+    async def test_a_transfer_commits_both_sides_or_neither(self) -> None:
+        """A transfer moves money in one transaction; an overdraft rolls all of it back."""
+        assert await self.transfer(1, 2, 30) == (201, {"balances": {"1": 70, "2": 130}})
+        code, error = await self.transfer(3, 1, 1)  # cy has nothing
+        assert code == 400
+        assert "balance" in error["error"]  # the CHECK constraint named in the message
+        assert (await self.transfer(1, 9, 1))[0] == 404
+        assert (await self.transfer(1, 1, 1))[0] == 400
+        assert self.balances() == {1: 70, 2: 130, 3: 0}
+        with self.admin() as admin:
+            ledger = admin.execute("SELECT source, target, amount FROM transfers").fetchall()
+        assert ledger == [(1, 2, 30)]  # the refused ones left nothing behind
+
+    @gen_test(timeout=WAIT)
+    async def test_concurrent_opposite_transfers_keep_the_total(self) -> None:
+        """40 transfers at once, half each way: all succeed, no deadlock, the total is kept."""
+        requests = [self.transfer(1, 2, 1) if n % 2 else self.transfer(2, 1, 1) for n in range(40)]
+        responses = await gen.multi(requests)
+        assert [code for code, _ in responses] == [201] * 40
+        assert self.balances() == {1: 100, 2: 100, 3: 0}
+
+    @gen_test(timeout=WAIT)
+    async def test_the_ledger_streams_from_a_server_side_cursor(self) -> None:
+        """GET /transfers returns every row, in order, fetched a batch at a time."""
+        count = pg_app.BATCH * 3 + 17
+        with self.admin() as admin:
+            admin.execute(
+                "INSERT INTO transfers (source, target, amount)"
+                " SELECT 1, 2, n FROM generate_series(1, %s) AS n",
+                (count,),
+            )
+        code, lines = await self.call("GET", "/transfers")
+        assert code == 200
+        assert [line["amount"] for line in lines] == list(range(1, count + 1))
+
+    @gen_test(timeout=WAIT * 2)
+    async def test_a_backend_terminated_mid_transaction_fails_its_request_cleanly(self) -> None:
+        """A transfer waiting on a row lock whose backend is terminated: a prompt 503, then 201s."""
+        with self.admin() as blocker, self.admin() as admin:
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+            waiting = gen.convert_yielded(self.transfer(1, 2, 10))
+            # Find the app's backend once it waits for the row lock the blocker holds.
+            query = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            found: list[int] = []
+
+            def app_is_waiting() -> bool:
+                found[:] = [pid for (pid,) in admin.execute(query).fetchall()]
+                return bool(found)
+
+            await until(app_is_waiting)
+            admin.execute("SELECT pg_terminate_backend(%s, %s)", (found[0], int(WAIT * 1000)))
+            code, error = await waiting
+            blocker.execute("ROLLBACK")
+        assert code == 503
+        assert error["error"].startswith("database unavailable")
+        assert self.balances() == {1: 100, 2: 100, 3: 0}  # the server rolled it back
+        # The dropped connection is replaced on its next borrow: every request succeeds again.
+        for _ in range(self.POOL_SIZE + 1):
+            assert (await self.transfer(1, 2, 10))[0] == 201
+        assert self.balances() == {1: 70, 2: 130, 3: 0}
+
+    @gen_test(timeout=WAIT * 2)
+    async def test_idle_connections_the_server_dropped_fail_once_each_then_reconnect(
+        self,
+    ) -> None:
+        """Every pooled backend terminated while idle: one 503 per connection, then 200s."""
+        pids = [conn.info.backend_pid for conn in self.pool.connections]
+        with self.admin() as admin:
+            for pid in pids:
+                admin.execute("SELECT pg_terminate_backend(%s, %s)", (pid, int(WAIT * 1000)))
+        codes = [(await self.call("GET", "/accounts"))[0] for _ in range(self.POOL_SIZE * 2)]
+        assert codes == [503] * self.POOL_SIZE + [200] * self.POOL_SIZE
+        new_pids = {conn.info.backend_pid for conn in self.pool.connections}
+        assert not new_pids & set(pids)
+
+    @gen_test(timeout=WAIT * 2)
+    async def test_requests_fail_fast_while_the_server_is_down_and_recover(self) -> None:
+        """With PostgreSQL stopped: 503s, no hang; started again on its port: 200s."""
+        self.server.stop()
+        try:
+            codes = [(await self.call("GET", "/accounts"))[0] for _ in range(self.POOL_SIZE + 1)]
+        finally:
+            self.server.start(same_port=True)
+        assert codes == [503] * (self.POOL_SIZE + 1)
+        assert (await self.call("GET", "/accounts"))[0] == 200
+
+
+async def test_a_server_side_cursor_lets_the_connection_run_other_statements(
+    conn: pg_driver.AsyncConnection,
+) -> None:
+    """``async for`` over a named cursor gives the thread back between batches."""
+    seen = 0
+    async with conn.transaction(), conn.cursor("numbers") as cursor:
+        assert isinstance(cursor, pg_driver.AsyncServerCursor)
+        cursor.itersize = 50
+        await cursor.execute("SELECT n FROM generate_series(1, 500) AS n")
+        async for (n,) in cursor:
+            seen += n
+            if n % 100 == 0:  # the same connection, mid-iteration: the cursor is on the server
+                names = await (await conn.execute("SELECT name FROM pg_cursors")).fetchall()
+                assert ("numbers",) in names
+    assert seen == sum(range(1, 501))
+
+
+async def test_a_client_cursor_and_the_connection_keep_to_its_thread(
+    conn: pg_driver.AsyncConnection,
+) -> None:
+    """Statements run on the connection's own thread; cursors made from it share that thread."""
+    assert isinstance(conn._executor, offload.AffineThread)
+    cursor = conn.cursor()
+    assert type(cursor) is pg_driver.AsyncCursor
+    assert cursor._executor is conn._executor
+    threads: list[str] = []
+    await offload.offload(
+        lambda: threads.append(threading.current_thread().name), executor=conn._executor
+    )()
+    assert threads[0].startswith("pg-conn-")
+    await cursor.execute("SELECT owner FROM accounts ORDER BY id")
+    assert [row async for row in cursor] == [("ann",), ("bob",), ("cy",)]
+    streamed = [row async for row in cursor.stream("SELECT id FROM accounts ORDER BY id")]
+    assert streamed == [(1,), (2,), (3,)]
+
+
+async def test_a_transaction_block_rolls_back_on_error(conn: pg_driver.AsyncConnection) -> None:
+    """``async with conn.transaction()`` commits, or rolls back and re-raises the error."""
+    async with conn.transaction():
+        await conn.execute("UPDATE accounts SET balance = 1 WHERE id = 3")
+
+    async def overdraw() -> None:
+        async with conn.transaction():
+            await conn.execute("UPDATE accounts SET balance = 50 WHERE id = 2")
+            await conn.execute("UPDATE accounts SET balance = -1 WHERE id = 1")
+
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await overdraw()
+    cursor = await conn.execute("SELECT id, balance FROM accounts ORDER BY id")
+    assert await cursor.fetchall() == [(1, 100), (2, 100), (3, 1)]
+    with pytest.raises(conn.IntegrityError):  # the DB-API classes, on the facade as on psycopg
+        await conn.execute("INSERT INTO accounts VALUES (1, 'again', 0)")
+
+
+async def test_cancel_interrupts_a_running_statement(
+    conn: pg_driver.AsyncConnection, admin: psycopg.Connection[Any]
+) -> None:
+    """``await conn.cancel()`` runs beside the busy connection's thread and stops its query."""
+    with Heartbeat() as heartbeat:
+        sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(%s)", (WAIT * 3,)))
+        query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+        await until(lambda: admin.execute(query).fetchone() == (1,))
+        ticks = heartbeat.ticks
+        await until(lambda: heartbeat.ticks >= ticks + 3)  # the loop runs while it sleeps
+        assert not sleeping.done()
+        await conn.cancel()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await sleeping
+    cursor = await conn.execute("SELECT 1")  # the connection is still usable
+    assert await cursor.fetchone() == (1,)
+
+
+def test_the_driver_facades_are_complete() -> None:
+    """The facades cover psycopg's Connection, Cursor and ServerCursor but for LEFT_OUT."""
+    offload.assert_parity(pg_driver.AsyncConnection, ignore=["connect", "pipeline"])
+    offload.assert_parity(pg_driver.AsyncCursor, ignore=["copy"])
+    offload.assert_parity(pg_driver.AsyncServerCursor, ignore=["copy"])
+    assert set(pg_driver.LEFT_OUT) == {"connect", "pipeline", "copy"}
