@@ -97,16 +97,36 @@ async def test_every_item_is_produced_on_one_thread(any_executor: Executor) -> N
 
 
 async def test_a_slow_consumer_holds_the_producer_back(any_executor: Executor) -> None:
-    """The producer runs at most ``prefetch`` items ahead of what was consumed."""
+    """The producer stops ``prefetch`` items ahead and goes on once half of them are consumed."""
     source = Source()  # endless
-    async with offload.aiterate(iter(source), executor=any_executor, prefetch=3) as rows:
+    async with offload.aiterate(iter(source), executor=any_executor, prefetch=4) as rows:
+        consumed = 1
         assert await anext(rows) == 1
-        await _producer_stopped(any_executor, source, at_least=1 + 3)
-        assert source.produced == 1 + 3
+        await _producer_stopped(any_executor, source, at_least=consumed + 3)
+        # Four ahead, or three if item 1 was taken just as the fourth was made.
+        assert source.produced - consumed in {3, 4}
+        while source.produced - consumed > 3:
+            consumed += 1
+            assert await anext(rows) == consumed
+        await _producer_stopped(any_executor, source, at_least=consumed + 3)
+        assert source.produced == consumed + 3  # three ahead: more than half, still stopped
+        consumed += 1
+        assert await anext(rows) == consumed  # two ahead: half, so it goes on
+        await _producer_stopped(any_executor, source, at_least=consumed + 4)
+        assert source.produced == consumed + 4
+
+
+async def test_buffered_items_are_handed_out_without_waiting(any_executor: Executor) -> None:
+    """Once items are buffered, __anext__ returns one without suspending: no hop per item."""
+    source = Source()
+    async with offload.aiterate(iter(source), executor=any_executor, prefetch=8) as rows:
+        assert await anext(rows) == 1
+        await _producer_stopped(any_executor, source, at_least=1 + 7)
         for expected in range(2, 6):
-            assert await anext(rows) == expected
-        await _producer_stopped(any_executor, source, at_least=5 + 3)
-        assert source.produced == 5 + 3
+            step = rows.__anext__()
+            with pytest.raises(StopIteration) as returned:
+                step.send(None)  # runs the coroutine to its first suspension or its end
+            assert returned.value.value == expected
 
 
 async def test_an_exception_arrives_after_the_items_before_it(any_executor: Executor) -> None:

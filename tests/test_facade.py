@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
 import threading
 import traceback
 from collections.abc import Iterator
@@ -347,3 +348,158 @@ async def test_calls_from_many_tasks_run_concurrently() -> None:
     waiting = [gate_facade(Gate()).wait() for _ in range(5)]
     gate.set()
     assert await asyncio.gather(*waiting) == [True] * 5
+
+
+# -- Facades over context managers, on a pool --------------------------------------
+
+
+class TokenLock:
+    """A lock that keeps its token in a threading.local, as redis-py's Lock does."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.inner = threading.RLock()
+
+    def __enter__(self) -> Self:
+        self.inner.acquire()
+        self.local.token = getattr(self.local, "token", 0) + 1
+        return self
+
+    def extend(self) -> int:
+        """Fails, as redis-py's does, on a thread that did not acquire the lock."""
+        token = getattr(self.local, "token", None)
+        if token is None:
+            raise RuntimeError("cannot extend an unlocked lock")
+        return int(token)
+
+    def __exit__(self, *exc_info: object) -> None:
+        token = self.extend() - 1
+        if token:
+            self.local.token = token
+        else:
+            del self.local.token
+        self.inner.release()
+
+
+AsyncTokenLock = offload.facade(TokenLock, run=["extend"])
+
+
+@pytest.fixture
+def pool() -> Iterator[offload.ThreadPool]:
+    """A pool of four threads of its own."""
+    executor = offload.ThreadPool(4, name="facade-pool")
+    yield executor
+    executor.shutdown()
+
+
+async def test_calls_inside_a_block_run_on_the_thread_that_entered(
+    pool: offload.ThreadPool,
+) -> None:
+    """Inside ``async with facade`` on a pool, the task's calls on it find the entering thread."""
+    lock = AsyncTokenLock(TokenLock(), executor=pool)
+    async with lock as entered:
+        assert entered is lock
+        assert [await lock.extend() for _ in range(5)] == [1] * 5
+    with pytest.raises(RuntimeError, match="unlocked"):
+        await lock.extend()  # outside the block: any thread, and no token there
+
+
+async def test_a_nested_block_enters_again_on_the_held_thread(pool: offload.ThreadPool) -> None:
+    """A re-entrant lock entered twice by one task is entered and left on one thread."""
+    lock = AsyncTokenLock(TokenLock(), executor=pool)
+    async with lock:
+        async with lock:
+            assert await lock.extend() == 2
+        assert await lock.extend() == 1
+
+
+async def test_tasks_entering_one_facade_each_hold_their_own_thread(
+    pool: offload.ThreadPool,
+) -> None:
+    """Two tasks taking one lock through one facade take turns; neither deadlocks."""
+    lock = AsyncTokenLock(TokenLock(), executor=pool)
+    order: list[str] = []
+
+    async def use(name: str) -> None:
+        async with lock:
+            order.append(f"{name} in")
+            assert await lock.extend() == 1
+            await asyncio.sleep(0)
+            order.append(f"{name} out")
+
+    await asyncio.wait_for(asyncio.gather(use("a"), use("b")), WAIT)
+    assert sorted(order) == ["a in", "a out", "b in", "b out"]
+    assert order.index("a out") == order.index("a in") + 1  # one at a time
+    assert order.index("b out") == order.index("b in") + 1
+
+
+# -- Facades over DB-API cursors ------------------------------------------------------
+
+
+class BatchCursor:
+    """A DB-API-like cursor that records the sizes asked of fetchmany; __iter__ is unused."""
+
+    def __init__(self, rows: int, fail_after: int | None = None) -> None:
+        self.rows = list(range(rows))
+        self.fail_after = fail_after
+        self.sizes: list[int] = []
+        self.served = 0
+
+    def fetchmany(self, size: int) -> list[int]:
+        """Up to ``size`` rows; an error once ``fail_after`` rows were served."""
+        self.sizes.append(size)
+        if self.fail_after is not None and self.served >= self.fail_after:
+            raise LookupError("connection lost")
+        chunk = self.rows[self.served : self.served + size]
+        self.served += len(chunk)
+        return chunk
+
+    def __iter__(self) -> Iterator[int]:
+        raise AssertionError("a cursor with fetchmany is read through fetchmany")
+
+
+AsyncBatchCursor = offload.facade(BatchCursor, executor="io", prefetch=8)
+
+
+async def test_a_cursor_is_read_a_burst_of_rows_per_fetchmany() -> None:
+    """A facade over a cursor with fetchmany reads through it, never more than prefetch a call."""
+    cursor = BatchCursor(100)
+    assert [row async for row in AsyncBatchCursor(cursor)] == list(range(100))
+    assert max(cursor.sizes) <= 8
+    assert len(cursor.sizes) < 100 // 2
+    assert cursor.sizes[:2] == [1, 2]  # the first row as soon as it exists
+
+
+async def test_a_fetchmany_error_arrives_after_the_rows_before_it() -> None:
+    """Rows fetched before fetchmany raised arrive first; then its error."""
+    cursor = BatchCursor(100, fail_after=20)
+    rows = AsyncBatchCursor(cursor)
+    got: list[int] = []
+
+    async def drain() -> None:
+        async for row in rows:
+            got.append(row)  # noqa: PERF401 - the rows before the error are the point
+
+    with pytest.raises(LookupError, match="connection lost"):
+        await drain()
+    assert got == list(range(cursor.served))
+    assert cursor.served >= 20
+
+
+async def test_sqlite_rows_come_through_a_facade() -> None:
+    """A facade over an sqlite3 cursor yields every row, in order."""
+    worker = offload.AffineThread(name="sqlite-rows")
+    try:
+        cursor_facade = offload.facade(sqlite3.Cursor, run=["execute"])
+
+        def query() -> sqlite3.Cursor:
+            conn = sqlite3.connect(":memory:")
+            return conn.execute(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500)"
+                " SELECT x FROM c"
+            )
+
+        cursor = cursor_facade(await offload.offload(query, executor=worker)(), executor=worker)
+        assert [x async for (x,) in cursor] == list(range(1, 501))
+    finally:
+        worker.shutdown()

@@ -27,6 +27,7 @@ from ._api import stats as stats
 from ._bridge import run_on_loop as run_on_loop
 from ._call import cancelled as cancelled
 from ._call import check_cancelled as check_cancelled
+from ._context import acontext as acontext
 from ._dask import DaskExecutor as DaskExecutor
 from ._decorator import CoroutineOffloader as CoroutineOffloader
 from ._decorator import Offloader as Offloader
@@ -39,7 +40,6 @@ from ._errors import WorkerDiedError as WorkerDiedError
 from ._facade import Facade as Facade
 from ._facade import assert_parity as assert_parity
 from ._facade import facade as facade
-from ._iterate import acontext as acontext
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
 from ._pool import ThreadPool as ThreadPool

@@ -208,3 +208,57 @@ class AffineThread(Executor):
                 return jobs
             if job is not None:
                 jobs.append(job)
+
+
+class HeldThread(Executor):
+    """A thread borrowed from a pool: what is submitted runs on it, in order, while it is lent.
+
+    A job on the pool calls ``serve``, which runs the submitted jobs on that
+    job's thread until ``close``; then the job goes on (a context's job runs
+    ``__exit__`` next) and the thread goes back to the pool. This is how a
+    context keeps one thread of a pool for its block. Jobs queued before
+    ``close`` still run; later submits are refused. Its Futures refuse to be
+    waited for from the thread itself, as an ``AffineThread``'s do.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        where = "not yet lent" if self._thread is None else f"on {self._thread.name!r}"
+        return f"<offload held thread for {self._name} {where}>"
+
+    def serve(self) -> None:
+        """On the borrowed thread: run submitted jobs until ``close``."""
+        self._thread = threading.current_thread()
+        _serve(self._jobs)
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ConcurrentFuture[T]:
+        """Queue ``fn(*args, **kwargs)`` for the held thread; return its Future."""
+        future: _AffineFuture[T] = _AffineFuture(self._thread)  # type: ignore[arg-type]
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError(f"the thread held for {self._name} was given back")
+            self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def close(self) -> None:
+        """Let ``serve`` return once the jobs queued so far have run."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put(None)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: ARG002
+        """Close: the jobs queued so far run, then the thread goes back to its pool.
+
+        Neither waiting nor cancelling applies: the context that holds the
+        thread waits for its own job.
+        """
+        self.close()

@@ -10,14 +10,27 @@ What the declaration lists decides what each attribute becomes:
   wrapped object itself returns the facade itself.
 
 Public data descriptors of the sync class (properties, slots) pass through as
-they are. ``__iter__`` becomes ``__aiter__`` (see ``aiterate``) and
+they are. ``__iter__`` becomes ``__aiter__`` (see ``aiterate``; a DB-API
+cursor, one with ``fetchmany``, is read a burst of rows per call) and
 ``__enter__``/``__exit__`` become ``__aenter__``/``__aexit__`` (see
 ``acontext``). Anything the class body defines itself wins.
+
+While a task is inside ``async with facade:`` on a pool, the context holds a
+thread (see ``_context``), and that task's calls on the same facade run on that
+thread: a redis-py ``Lock``'s ``extend`` needs the token its ``acquire`` left in
+a ``threading.local``. Other tasks' calls, and facades made from it, go to the
+executor as usual.
+
+``on_cancel`` names what interrupts the wrapped object's blocked call (see
+``_interrupt``): it is called when a call is given up while it runs, or an
+iteration is closed early. Facades made from it (``wrap=``) share it unless
+their class names their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import sys
 import threading
@@ -25,8 +38,12 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from ._affinity import HeldThread
+from ._context import _AsyncContext
 from ._decorator import ExecutorSpec, check_spec
-from ._iterate import PREFETCH, OffloadedIterator, _AsyncContext, route, running_loop
+from ._interrupt import Interrupt, guarded
+from ._iterate import PREFETCH, OffloadedIterator, route, running_loop
+from ._route import route_to
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -50,10 +67,12 @@ class Facade(Generic[S], metaclass=_FacadeType):
 
     Declare a facade with class keywords: ``wraps`` (the sync class),
     ``executor`` (a registered name or an Executor; ``"default"`` if omitted),
-    ``run`` and ``sync`` (method names) and ``wrap`` (method name -> facade
-    class for its result). Instances take the sync instance, and optionally an
-    ``executor`` that overrides the class's for this instance and the facades
-    made from it (one thread per connection, say).
+    ``run`` and ``sync`` (method names), ``wrap`` (method name -> facade
+    class for its result), ``prefetch`` (rows an iteration reads ahead) and
+    ``on_cancel`` (what interrupts a blocked call: the name of a method of the
+    sync object, or a callable taking it). Instances take the sync instance,
+    and optionally an ``executor`` that overrides the class's for this
+    instance and the facades made from it (one thread per connection, say).
 
     For a subclass's own methods, ``self._executor`` is the instance's executor
     and ``self._run(fn, *args, **kwargs)`` runs ``fn`` there, returning a Future.
@@ -85,6 +104,9 @@ class Facade(Generic[S], metaclass=_FacadeType):
     _offload_wraps: ClassVar[type]
     _offload_executor: ClassVar[ExecutorSpec] = "default"
     _offload_prefetch: ClassVar[int] = PREFETCH
+    _offload_on_cancel: ClassVar[str | Callable[[Any], object] | None] = None
+    #: What interrupts this instance's blocked calls, bound to its sync object.
+    _interrupt: Interrupt | None = None
 
     if TYPE_CHECKING:  # the generated attributes are unknown to type checkers
 
@@ -106,7 +128,12 @@ class Facade(Generic[S], metaclass=_FacadeType):
         self._executor = (
             check_spec(executor) if executor is not None else type(self)._offload_executor
         )
-        self._contexts: list[_AsyncContext[Any]] = []
+        on_cancel = type(self)._offload_on_cancel
+        if on_cancel is not None:
+            self._interrupt = _bind(on_cancel, wrapped)
+        # The contexts each task is inside, innermost last, with the thread their
+        # calls go to (held by the outermost, on a pool).
+        self._entered: dict[asyncio.Task[Any] | None, list[_Inside]] = {}
 
     def __init_subclass__(
         cls,
@@ -117,6 +144,7 @@ class Facade(Generic[S], metaclass=_FacadeType):
         sync: Iterable[str] = (),
         wrap: Mapping[str, type[Facade[Any]]] | None = None,
         prefetch: int | None = None,
+        on_cancel: str | Callable[[Any], object] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,6 +152,9 @@ class Facade(Generic[S], metaclass=_FacadeType):
             cls._offload_executor = check_spec(executor)
         if prefetch is not None:
             cls._offload_prefetch = prefetch
+        if on_cancel is not None:
+            _check_on_cancel(cls, wraps or getattr(cls, "_offload_wraps", None), on_cancel)
+            cls._offload_on_cancel = on_cancel
         if wraps is not None:
             _declare(cls, wraps, list(run), list(sync), dict(wrap or {}))
         elif run or sync or wrap:
@@ -134,7 +165,58 @@ class Facade(Generic[S], metaclass=_FacadeType):
 
     def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run ``fn(*args, **kwargs)`` on this facade's executor."""
-        return route(self._executor).call(running_loop(fn), fn, args, kwargs)
+        return self._send(running_loop(fn), fn, args, kwargs)
+
+    def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[Any]:
+        """Send a call where this facade's calls go now, interrupted if given up while it runs."""
+        thread = self._thread_now() if self._entered else None
+        chosen = route(self._executor) if thread is None else route_to(thread)
+        interrupt = self._interrupt
+        if interrupt is None:
+            return chosen.call(loop, fn, args, kwargs)
+        return guarded(chosen, loop, interrupt, fn, args, kwargs)
+
+    def _thread_now(self) -> HeldThread | None:
+        """The thread the current task's calls go to, inside ``async with self`` on a pool."""
+        inside = self._entered.get(asyncio.current_task())
+        return inside[-1].thread if inside else None
+
+
+class _Inside:
+    """One ``async with`` a task is inside: its context, and where its calls go."""
+
+    __slots__ = ("context", "thread")
+
+    def __init__(self, context: _AsyncContext[Any], thread: HeldThread | None) -> None:
+        self.context = context
+        self.thread = thread
+
+
+def _check_on_cancel(cls: type, wraps: type | None, on_cancel: object) -> None:
+    if isinstance(on_cancel, str):
+        if wraps is not None and not callable(getattr(wraps, on_cancel, None)):
+            raise TypeError(
+                f"on_cancel={on_cancel!r} for {cls.__qualname__}: "
+                f"{getattr(wraps, '__qualname__', wraps)} has no method of that name"
+            )
+    elif not callable(on_cancel):
+        raise TypeError(
+            f"on_cancel takes the name of a method of the sync object (such as 'interrupt') "
+            f"or a callable taking the sync object, got {on_cancel!r}"
+        )
+
+
+def _bind(on_cancel: str | Callable[[Any], object], wrapped: Any) -> Interrupt:
+    if isinstance(on_cancel, str):
+        method: Interrupt = getattr(wrapped, on_cancel)
+        return method
+    return functools.partial(on_cancel, wrapped)
 
 
 def _check_declaration(
@@ -197,7 +279,10 @@ def _rewrap(parent: Facade[Any], result: Any, target: type[Facade[Any]] | None) 
     if result is parent.__wrapped__:
         return parent
     if target is not None and isinstance(result, target._offload_wraps):
-        return target(result, executor=parent._executor)
+        child = target(result, executor=parent._executor)
+        if child._interrupt is None:  # interrupting the parent ends the child's calls too
+            child._interrupt = parent._interrupt
+        return child
     return result
 
 
@@ -212,6 +297,8 @@ def _method(
 
         def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
             loop = running_loop(method)
+            if self._entered or self._interrupt is not None:
+                return self._send(loop, _call_wrapped, (self, name, args, kwargs, target), {})
             call_args = (self, name, args, kwargs, target)
             return route(self._executor).call(loop, _call_wrapped, call_args, {})
 
@@ -266,22 +353,43 @@ def _each(iterable: Iterable[T]) -> Iterator[T]:
 
 
 def _aiter(self: Facade[Any]) -> OffloadedIterator[Any]:
+    wrapped = self.__wrapped__
+    executor = (self._thread_now() if self._entered else None) or self._executor
+    fetchmany = getattr(wrapped, "fetchmany", None)
+    if callable(fetchmany):  # a DB-API cursor: a burst of rows per call
+        return OffloadedIterator(
+            lambda: fetchmany,
+            executor,
+            self._offload_prefetch,
+            interrupt=self._interrupt,
+            chunks=True,
+        )
     return OffloadedIterator(
-        lambda: _each(self.__wrapped__), self._executor, self._offload_prefetch
+        lambda: _each(wrapped), executor, self._offload_prefetch, interrupt=self._interrupt
     )
 
 
 async def _aenter(self: Facade[Any]) -> Any:
+    task = asyncio.current_task()
+    inside = self._entered.get(task)
+    outer = inside[-1].thread if inside else None  # nested: on the thread already held
     context = _AsyncContext(
-        self.__wrapped__, self._executor, lambda value: _rewrap(self, value, None)
+        self.__wrapped__, outer or self._executor, lambda value: _rewrap(self, value, None)
     )
     result = await context.__aenter__()
-    self._contexts.append(context)
+    self._entered.setdefault(task, []).append(_Inside(context, outer or context.held))
     return result
 
 
 async def _aexit(self: Facade[Any], *exc_info: Any) -> bool:
-    return await self._contexts.pop().__aexit__(*exc_info)
+    task = asyncio.current_task()
+    inside = self._entered.get(task)
+    if not inside:
+        raise RuntimeError(f"__aexit__ on {self!r} without __aenter__ in this task")
+    context = inside.pop().context
+    if not inside:
+        del self._entered[task]
+    return await context.__aexit__(*exc_info)
 
 
 _cache: dict[tuple[Any, ...], type[Facade[Any]]] = {}
@@ -296,6 +404,7 @@ def facade(
     sync: Iterable[str] = (),
     wrap: Mapping[str, type[Facade[Any]]] | None = None,
     prefetch: int = PREFETCH,
+    on_cancel: str | Callable[[S], object] | None = None,
     name: str | None = None,
 ) -> type[Facade[S]]:
     """Make (or fetch from the cache) a ``Facade`` class over ``wraps``.
@@ -326,6 +435,7 @@ def facade(
         tuple(sorted(sync)),
         tuple(sorted(wrap.items())),
         prefetch,
+        on_cancel,
         name,
     )
     with _cache_lock:
@@ -342,7 +452,7 @@ def facade(
             made = types.new_class(
                 name or f"Async{wraps.__name__}",
                 (Facade,),
-                {**keywords, "prefetch": prefetch},
+                {**keywords, "prefetch": prefetch, "on_cancel": on_cancel},
                 lambda namespace: namespace.update(__module__=module),
             )
             _cache[key] = made

@@ -24,7 +24,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, ClassVar
 
-from ._affinity import AffineThread
+from ._affinity import AffineThread, HeldThread
 from ._call import (
     ARGS,
     FN,
@@ -153,8 +153,9 @@ class OwnThreads(Kind):
 class Threads(Kind):
     """Executors that run calls on threads of this process.
 
-    A stdlib ``ThreadPoolExecutor``, an [`AffineThread`][offload.AffineThread]. The
-    call travels in a ``Held``: if the pool drops it unrun, it ends as never run.
+    A stdlib ``ThreadPoolExecutor``, an [`AffineThread`][offload.AffineThread], the
+    thread a context holds for its block (``HeldThread``). The call travels in a
+    ``Held``: if the pool drops it unrun, it ends as never run.
     """
 
     times_every_call = False
@@ -164,7 +165,7 @@ class Threads(Kind):
     @staticmethod
     def accepts(executor: Executor) -> bool:
         """Whether ``executor`` is of this kind."""
-        return isinstance(executor, (ThreadPoolExecutor, AffineThread))
+        return isinstance(executor, (ThreadPoolExecutor, AffineThread, HeldThread))
 
     def send(self, call: Call) -> None:
         """Hand ``call`` to the executor."""

@@ -1,0 +1,46 @@
+"""Static checks for the driver toolkit: mypy --strict and pyright accept these."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import assert_type
+
+import offload
+
+
+def test_aiterate_takes_an_interrupt() -> None:
+    stop = threading.Event()
+
+    def lines() -> Iterator[str]:
+        yield "a"
+
+    rows = offload.aiterate(lines(), executor="io", prefetch=4, interrupt=stop.set)
+
+    async def drain() -> None:  # type-checked, not run
+        async for line in rows:
+            assert_type(line, str)
+
+    assert callable(drain)
+
+
+def test_on_cancel_is_a_method_name_or_a_callable_on_the_sync_object() -> None:
+    by_name = offload.facade(sqlite3.Connection, run=["execute"], on_cancel="interrupt")
+    by_callable = offload.facade(
+        sqlite3.Connection, run=["execute"], on_cancel=sqlite3.Connection.interrupt
+    )
+    assert_type(by_name, type[offload.Facade[sqlite3.Connection]])
+    assert_type(by_callable, type[offload.Facade[sqlite3.Connection]])
+
+
+def test_acontext_keeps_the_managers_type() -> None:
+    lock = threading.RLock()
+    assert_type(offload.acontext(lock, executor="io"), AbstractAsyncContextManager[bool])
+
+
+def misuse_is_rejected() -> None:
+    """Never called: each line is a type error, and ``warn_unused_ignores`` proves it."""
+    offload.aiterate([1], interrupt="stop")  # type: ignore[arg-type]
+    offload.facade(sqlite3.Connection, on_cancel=3)  # type: ignore[arg-type]
