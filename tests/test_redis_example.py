@@ -238,48 +238,28 @@ async def test_a_lock_without_thread_local_works_through_the_pool(
 # The token is missing on the other thread: AttributeError from redis-py's threading.local
 # (LockError should a redis-py release check first). Only these count as the expected
 # failure; a server that cannot start still fails the test.
-@pytest.mark.xfail(
-    strict=False,
-    reason="contexts on one thread: being fixed",
-    raises=(AttributeError, redis.exceptions.LockError),
-)
 async def test_async_with_releases_a_thread_local_lock(redis_server: RedisServer) -> None:
-    """``async with client.lock(name)`` releases the lock even when another thread is free first.
-
-    redis-py keeps the token in a ``threading.local``, so ``__exit__`` must run on the thread
-    that ran ``__enter__``. The test makes that thread the busy one when the exit is sent.
-    """
+    """``async with client.lock(name)`` releases redis-py's thread-local lock: the block keeps
+    the thread that entered it, so another call on the pool takes the other thread, and the
+    exit finds its token."""
     pool = offload.ThreadPool(2, name="lock-test")
     own = redis_driver.connect(redis_server.url, executor=pool)
     name = f"lock:{uuid.uuid4().hex}"
-    lock = own.lock(name, timeout=WAIT)
-    releases = [threading.Event(), threading.Event()]
-    started: list[threading.Event] = [threading.Event(), threading.Event()]
-    token_here: list[bool] = [False, False]
+    started, release = threading.Event(), threading.Event()
 
-    def occupy(n: int) -> None:
-        token_here[n] = getattr(lock.__wrapped__.local, "token", None) is not None
-        started[n].set()
-        releases[n].wait(WAIT)
+    def occupy() -> bool:
+        started.set()
+        return release.wait(WAIT)
 
     try:
-        await lock.__aenter__()
-        busy = [offload.offload(occupy, executor=pool)(n) for n in range(2)]
-        exiting = asyncio.ensure_future(lock.__aexit__(None, None, None))
-        # Either the exit has its thread already, or both threads are now occupied.
-        await until(lambda: exiting.done() or all(event.is_set() for event in started))
-        if not exiting.done():
-            other = token_here.index(False)  # free the thread that did not enter first
-            releases[other].set()
-            await until(busy[other].done)
-        for event in releases:
-            event.set()
-        await exiting
-        await asyncio.gather(*busy)
+        async with own.lock(name, timeout=WAIT):
+            busy = offload.offload(occupy, executor=pool)()  # the thread the block did not take
+            assert await asyncio.to_thread(started.wait, WAIT)
+        release.set()
+        assert await busy
         assert await own.exists(name) == 0
     finally:
-        for event in releases:
-            event.set()
+        release.set()
         own.__wrapped__.delete(name)
         own.__wrapped__.close()
         pool.shutdown()
