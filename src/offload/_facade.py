@@ -426,6 +426,28 @@ def facade(
         ...     return await buffer.read(), buffer.closed
         >>> asyncio.run(main())
         (b'hello', False)
+
+        ``on_cancel`` makes a given-up call return: here a query past its
+        deadline is interrupted, and the connection's thread is free at once.
+
+        >>> import sqlite3
+        >>> AsyncConnection = offload.facade(
+        ...     sqlite3.Connection, run=["execute"], on_cancel="interrupt"
+        ... )
+        >>> endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        >>> async def main():
+        ...     thread = offload.AffineThread()
+        ...     conn = AsyncConnection(sqlite3.connect(":memory:", check_same_thread=False),
+        ...                            executor=thread)
+        ...     try:
+        ...         await asyncio.wait_for(conn.execute(endless + "SELECT count(*) FROM c"), 0.1)
+        ...     except TimeoutError:
+        ...         pass
+        ...     cursor = await conn.execute("SELECT 6 * 7")
+        ...     thread.shutdown()
+        ...     return cursor.fetchone()
+        >>> asyncio.run(main())
+        (42,)
     """
     run, sync, wrap = tuple(run), tuple(sync), dict(wrap or {})
     key = (
