@@ -444,8 +444,10 @@ def facade(
         ...     except TimeoutError:
         ...         pass
         ...     cursor = await conn.execute("SELECT 6 * 7")
+        ...     answer = cursor.fetchone()
+        ...     conn.__wrapped__.close()
         ...     thread.shutdown()
-        ...     return cursor.fetchone()
+        ...     return answer
         >>> asyncio.run(main())
         (42,)
     """
