@@ -443,9 +443,10 @@ def facade(
         ...         await asyncio.wait_for(conn.execute(endless + "SELECT count(*) FROM c"), 0.1)
         ...     except TimeoutError:
         ...         pass
-        ...     cursor = await conn.execute("SELECT 6 * 7")
+        ...     row = (await conn.execute("SELECT 6 * 7")).fetchone()
+        ...     conn.__wrapped__.close()
         ...     thread.shutdown()
-        ...     return cursor.fetchone()
+        ...     return row
         >>> asyncio.run(main())
         (42,)
     """
