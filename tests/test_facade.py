@@ -501,5 +501,6 @@ async def test_sqlite_rows_come_through_a_facade() -> None:
 
         cursor = cursor_facade(await offload.offload(query, executor=worker)(), executor=worker)
         assert [x async for (x,) in cursor] == list(range(1, 501))
+        await offload.offload(cursor.__wrapped__.connection.close, executor=worker)()
     finally:
         worker.shutdown()

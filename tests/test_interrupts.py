@@ -87,7 +87,14 @@ def db_executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
         else offload.ThreadPool(2, name="db")
     )
     yield executor
+    while _opened:  # close, on their thread, the connections the test opened
+        conn = _opened.pop()
+        executor.submit(conn.close).result(WAIT)
     executor.shutdown(wait=True, cancel_futures=True)
+
+
+#: Connections the running test opened, closed when it ends.
+_opened: list[Connection] = []
 
 
 async def _connect(executor: Executor, on_cancel: Any = "interrupt") -> Any:
@@ -95,6 +102,7 @@ async def _connect(executor: Executor, on_cancel: Any = "interrupt") -> Any:
         return sqlite3.connect(":memory:", factory=Connection, check_same_thread=False)
 
     sync_conn = await offload.offload(connect, executor=executor)()
+    _opened.append(sync_conn)
     return connection_facade(on_cancel)(sync_conn, executor=executor)
 
 
@@ -153,6 +161,8 @@ async def test_break_out_of_a_cursor_loop_interrupts_the_fetch() -> None:
             break
         await cursor.close()  # queued behind the interrupted fetch
         assert await conn.count_to(3) == 3
+        _opened.remove(conn.__wrapped__)
+        await offload.offload(conn.__wrapped__.close, executor=worker)()
     finally:
         worker.shutdown()
 

@@ -443,11 +443,10 @@ def facade(
         ...         await asyncio.wait_for(conn.execute(endless + "SELECT count(*) FROM c"), 0.1)
         ...     except TimeoutError:
         ...         pass
-        ...     cursor = await conn.execute("SELECT 6 * 7")
-        ...     answer = cursor.fetchone()
+        ...     row = (await conn.execute("SELECT 6 * 7")).fetchone()
         ...     conn.__wrapped__.close()
         ...     thread.shutdown()
-        ...     return answer
+        ...     return row
         >>> asyncio.run(main())
         (42,)
     """
