@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -13,6 +16,32 @@ from tests import servers
 
 #: How long a test waits for another thread before it counts as a hang.
 WAIT = 10.0
+
+
+@contextlib.contextmanager
+def garbage_saved() -> Iterator[list[Any]]:
+    """Collect with DEBUG_SAVEALL, as Tornado's circlerefs_test does; the garbage found meanwhile.
+
+    A test that enters it itself, rather than through the ``saved_garbage`` fixture, leaves
+    out what the previous test's failure keeps alive: pytest drops that only as the test
+    starts to run, after its fixtures.
+    """
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[Any]]:
+    """``garbage_saved()`` around the test."""
+    with garbage_saved() as garbage:
+        yield garbage
 
 
 def hold(started: threading.Event, release: threading.Event) -> Callable[[], bool]:

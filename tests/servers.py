@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 import pytest
 
@@ -94,7 +94,12 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=self.directory,
             process_group=0,
+            **self.identity(),
         )
+
+    def identity(self) -> dict[str, Any]:
+        """Whom the server runs as: ``Popen``'s user and group arguments (none: this user)."""
+        return {}
 
     def start(self, *, same_port: bool = False) -> None:
         """Start on a free port (or on the previous one) and wait until it answers."""
@@ -242,25 +247,14 @@ class PostgresServer(Server):
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT * 4,
-            user=self._uid,
-            group=self._gid,
-            extra_groups=self._groups,
+            **self.identity(),
         )
         if done.returncode != 0:
             raise ServerStartError(f"initdb failed:\n{done.stdout}\n{done.stderr}")
 
-    def spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(  # noqa: S603  # as in Server.spawn
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.directory,
-            process_group=0,
-            user=self._uid,
-            group=self._gid,
-            extra_groups=self._groups,
-        )
+    def identity(self) -> dict[str, Any]:
+        """The unprivileged user PostgreSQL needs when the tests run as root."""
+        return {"user": self._uid, "group": self._gid, "extra_groups": self._groups}
 
     def command(self, port: int) -> list[str]:
         settings = {

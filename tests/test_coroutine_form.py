@@ -28,7 +28,7 @@ import pytest
 
 import offload
 from tests import process_targets as targets
-from tests.conftest import WAIT
+from tests.conftest import WAIT, garbage_saved
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -428,24 +428,17 @@ async def test_failed_calls_in_the_wait_form_leave_no_reference_cycles() -> None
 
     form = offload.offload(fails, executor="io", coroutine=True, cancel="wait")
     loop = asyncio.get_running_loop()
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with garbage_saved() as garbage:
         for n in range(20):
             with pytest.raises(ValueError):
                 await form(n)
         gc.collect()
         ours = [
             o
-            for o in gc.garbage
+            for o in garbage
             if (isinstance(o, asyncio.Future) and o.get_loop() is loop)
             or (isinstance(o, types.FrameType) and o.f_code.co_name == "to_the_end")
         ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert ours == []
 
 

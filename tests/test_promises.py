@@ -33,7 +33,7 @@ from _pytest.mark.structures import ParameterSet
 
 import offload
 from tests import promise_targets as pt
-from tests.conftest import WAIT
+from tests.conftest import WAIT, garbage_saved
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -1005,24 +1005,6 @@ def _describe(obj: object) -> str:
     return type(obj).__name__
 
 
-@contextlib.contextmanager
-def saved_garbage() -> Iterator[list[Any]]:
-    """Collect with DEBUG_SAVEALL, as Tornado's circlerefs_test does; the garbage found meanwhile.
-
-    Entered in the test itself: pytest drops the previous test's failure (and what its
-    traceback keeps alive) only as this test starts to run, after its fixtures.
-    """
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield gc.garbage
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
-
 @pytest.mark.parametrize(("kind", "mode"), grid(KINDS, NAMING))
 def test_calls_leave_no_reference_cycles(case: Case) -> None:
     """With gc off, calls that return and calls that raise leave nothing offload made in a cycle."""
@@ -1034,7 +1016,7 @@ def test_calls_leave_no_reference_cycles(case: Case) -> None:
             with contextlib.suppress(pt.Boom):
                 await raises("x")
 
-    with saved_garbage() as garbage:
+    with garbage_saved() as garbage:
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(main())

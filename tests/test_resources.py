@@ -7,11 +7,8 @@ import contextlib
 import gc
 import types
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
-
-import pytest
 
 import offload
 from offload import _call, _delivery
@@ -23,20 +20,6 @@ def fails(x: int) -> int:
 
 def twice(x: int) -> int:
     return 2 * x
-
-
-@pytest.fixture
-def saved_garbage() -> Iterator[list[Any]]:
-    """Collect with DEBUG_SAVEALL, as Tornado's circlerefs_test does, and hand over the garbage."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield gc.garbage
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
 
 
 def _ours(garbage: list[Any], loop: asyncio.AbstractEventLoop) -> list[Any]:

@@ -225,20 +225,6 @@ async def test_an_awaitable_returned_by_a_callable_is_awaited_on_the_loop(
     assert await offload.offload(body, executor=pool)() == 10
 
 
-@pytest.fixture
-def saved_garbage() -> Iterator[list[Any]]:
-    """Collect with DEBUG_SAVEALL, and hand over what a collection finds."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield gc.garbage
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
-
 @pytest.mark.parametrize("form", ["coroutine", "plain"])
 def test_an_exception_through_run_on_loop_leaves_no_reference_cycle(
     pool: offload.ThreadPool, saved_garbage: list[Any], form: str
