@@ -49,6 +49,7 @@ from ._stats import ExecutorStats as ExecutorStats
 from ._stats import Timings as Timings
 from ._tornado import run_on_executor as run_on_executor
 from ._web import StatsHandler as StatsHandler
+from ._within import within as within
 
 __all__ = (
     "AffineThread",
@@ -83,6 +84,7 @@ __all__ = (
     "run_on_loop",
     "shutdown",
     "stats",
+    "within",
 )
 
 # Show the public path in reprs, tracebacks and docs, not the private module.

@@ -44,3 +44,28 @@ def misuse_is_rejected() -> None:
     """Never called: each line is a type error, and ``warn_unused_ignores`` proves it."""
     offload.aiterate([1], interrupt="stop")  # type: ignore[arg-type]
     offload.facade(sqlite3.Connection, on_cancel=3)  # type: ignore[arg-type]
+
+
+def test_within_passes_the_sync_object_and_keeps_the_result_type() -> None:
+    connection_facade = offload.facade(sqlite3.Connection, run=["execute"])
+
+    def count(conn: sqlite3.Connection, table: str) -> int:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(row[0])
+
+    async def use(conn: offload.Facade[sqlite3.Connection]) -> None:  # type-checked, not run
+        assert_type(await offload.within(conn, count, "t"), int)
+        assert_type(await offload.within(conn, lambda c: c.total_changes), int)
+
+    assert callable(use)
+    assert callable(connection_facade)
+
+
+def within_misuse_is_rejected(conn: offload.Facade[sqlite3.Connection]) -> None:
+    """Never called: each line is a type error, and ``warn_unused_ignores`` proves it."""
+
+    def takes_text(text: str) -> int:
+        return len(text)
+
+    offload.within(conn, takes_text)  # type: ignore[misc]  # takes text, not the connection
+    offload.within(sqlite3.connect(":memory:"), len)  # type: ignore[arg-type]
