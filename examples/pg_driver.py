@@ -33,8 +33,15 @@ the statement runs on to its end on the connection's thread (later calls queue b
 ``await conn.cancel()`` asks the server to interrupt it; it runs on the ``"io"`` pool, not on
 the connection's thread, where it would queue behind the very statement it should cancel.
 
-What psycopg offers beyond plain methods, and how each is declared, is in ``examples/glue.py``.
-``LEFT_OUT`` lists what the facades do not offer, with the reason.
+What is declared how: plain methods run on the connection's thread (``run=["*"]``), the
+few that do no I/O are called on the caller's (``sync=``); ``stream()``, ``results()`` and
+``notifies()`` are generators, stepped on the connection's thread (``iterate=``);
+``transaction()``, ``pipeline()`` and ``cursor.copy()`` are ``@contextmanager`` methods
+(``contexts=``), so ``async with conn.transaction():`` runs BEGIN and COMMIT there;
+``cursor()`` gives a client-side or a server-side cursor facade by the type of what psycopg
+returns, as ``copy()`` gives an ``AsyncCopy`` (``wrap=``); the DB-API exception classes
+psycopg hangs on its classes (``conn.Error``) and instance attributes such as ``pgconn``
+pass through (``attrs=``). ``LEFT_OUT`` lists what the facades do not offer, with the reason.
 """
 
 from __future__ import annotations
@@ -49,7 +56,6 @@ from typing import Any
 import psycopg
 
 import offload
-from examples.glue import by_result_type, copy_classes, elsewhere, entering, iterating
 
 #: The executor name the facades use when a connection has no thread of its own.
 EXECUTOR = "pg_driver.io"
@@ -60,124 +66,104 @@ offload.register(EXECUTOR, lambda: offload.AffineThread(name=EXECUTOR), default=
 
 _thread_numbers = itertools.count(1)
 
-
-def _present(wraps: type, names: list[str]) -> list[str]:
-    # Names some psycopg releases lack (cancel_safe came in 3.2): declare only what exists.
-    return [name for name in names if hasattr(wraps, name)]
-
-
-#: Public names the facades leave out on purpose; the parity test ignores exactly these.
+#: Public names the facades leave out on purpose (``omit=``), and why.
 LEFT_OUT = {
     "connect": "a class method: use pg_driver.connect(), which makes the thread as well",
-    "pipeline": "pipeline mode: its Pipeline object's sync() blocks and needs a facade of its own",
-    "copy": "COPY: the Copy object's read() and write() block and need a facade of their own",
 }
 
-#: Cursor calls that talk to the server (a client cursor's fetches are local, but cheap to
-#: send to its thread, and a server cursor's are round trips).
-CURSOR_RUN = [
-    "close",
-    "execute",
-    "executemany",
-    "fetchall",
-    "fetchmany",
-    "fetchone",
-    "nextset",
-    "scroll",
-]
-CURSOR_SYNC = _present(psycopg.Cursor, ["setinputsizes", "setoutputsize", "set_result"])
+
+class AsyncCopy(
+    offload.Facade[psycopg.Copy],
+    wraps=psycopg.Copy,
+    executor=EXECUTOR,
+    run=["*"],  # read, read_row, write, write_row, finish: on the connection's thread
+    sync=["set_types"],
+    iterate=["rows"],
+):
+    """``async with cursor.copy("COPY ...") as copy:``: COPY FROM STDIN or TO STDOUT.
+
+    ``await copy.write_row(row)``, ``await copy.read_row()``, ``async for row in
+    copy.rows()``, and ``async for block in copy``, all on the connection's thread.
+    """
 
 
 class AsyncCursor(
     offload.Facade[psycopg.Cursor[Any]],
     wraps=psycopg.Cursor,
     executor=EXECUTOR,
-    run=CURSOR_RUN,
-    sync=CURSOR_SYNC,
+    run=["*"],  # execute, fetch*, scroll, ...: a server cursor's fetches are round trips
+    sync=["set*"],  # setinputsizes, setoutputsize, set_result (psycopg 3.3): no I/O
+    iterate=["*"],  # stream, results (psycopg 3.3)
+    contexts=["copy"],
+    attrs=["*"],  # classes psycopg hangs on its classes (Cursor.ExecStatus before 3.2)
+    wrap=[AsyncCopy],
 ):
     """A client-side cursor: the whole result comes with ``execute``, then fetches are local.
 
     ``async for row in cursor`` works (on the connection's thread), as does ``async with``.
     """
 
-    stream = iterating(psycopg.Cursor, "stream")
-    if hasattr(psycopg.Cursor, "results"):  # psycopg 3.3: one result set per query
-        results = iterating(psycopg.Cursor, "results")
 
-
-class AsyncServerCursor(
-    AsyncCursor,
-    wraps=psycopg.ServerCursor,
-    run=CURSOR_RUN,
-    sync=CURSOR_SYNC,
-):
+class AsyncServerCursor(AsyncCursor, wraps=psycopg.ServerCursor):
     """A server-side (named) cursor: ``async for`` fetches ``itersize`` rows per round trip.
 
     It must live inside ``async with conn.transaction()`` (or be made ``withhold=True``).
+    Its methods are the client cursor's facade's, calling the server cursor's own.
     """
 
 
-CONNECTION_RUN = [
-    "commit",
-    "rollback",
-    "execute",
-    "set_autocommit",
-    "set_deferrable",
-    "set_isolation_level",
-    "set_read_only",
-    "wait",
-    "tpc_begin",
-    "tpc_commit",
-    "tpc_prepare",
-    "tpc_recover",
-    "tpc_rollback",
-]
-#: Calls that do no I/O: handlers are lists on the connection, xid() builds a value.
-CONNECTION_SYNC = [
-    "add_notice_handler",
-    "add_notify_handler",
-    "remove_notice_handler",
-    "remove_notify_handler",
-    "fileno",
-    "xid",
-]
+class AsyncPipeline(
+    offload.Facade[psycopg.Pipeline],
+    wraps=psycopg.Pipeline,
+    executor=EXECUTOR,
+    run=["sync"],
+    omit=["is_supported"],  # a class method: psycopg.Pipeline.is_supported()
+):
+    """Pipeline mode: ``async with conn.pipeline() as pipeline:``, ``await pipeline.sync()``."""
 
 
 class AsyncConnection(
     offload.Facade[psycopg.Connection[Any]],
     wraps=psycopg.Connection,
     executor=EXECUTOR,
-    run=_present(psycopg.Connection, CONNECTION_RUN),
-    sync=CONNECTION_SYNC,
-    wrap={"execute": AsyncCursor},
+    run=["*"],
+    # Calls that do no I/O: cursor() builds an object, handlers are lists on the connection,
+    # xid() builds a value.
+    sync=[
+        "cursor",
+        "add_notice_handler",
+        "add_notify_handler",
+        "remove_notice_handler",
+        "remove_notify_handler",
+        "fileno",
+        "xid",
+    ],
+    iterate=["notifies"],
+    contexts=["transaction", "pipeline"],
+    # The DB-API exceptions (conn.Error, ...), and attributes psycopg sets on the instance.
+    attrs=["*", "pgconn", "row_factory", "cursor_factory", "server_cursor_factory"],
+    wrap=[AsyncCursor, AsyncServerCursor, AsyncPipeline],
+    omit=list(LEFT_OUT),
 ):
     """A psycopg connection whose statements run on its own thread."""
 
     _own_thread: offload.AffineThread | None = None  # set by connect() when it made one
 
-    cursor = by_result_type(
-        psycopg.Connection,
-        "cursor",
-        {psycopg.ServerCursor: AsyncServerCursor, psycopg.Cursor: AsyncCursor},
-    )
-    transaction = entering(psycopg.Connection, "transaction")
-    notifies = iterating(psycopg.Connection, "notifies")
-    cancel = elsewhere(psycopg.Connection, "cancel", "io")
+    def cancel(self) -> asyncio.Future[None]:
+        """Ask the server to cancel the running statement; on the ``"io"`` pool, beside it."""
+        return offload.offload(self.__wrapped__.cancel, executor="io")()
+
     if hasattr(psycopg.Connection, "cancel_safe"):  # psycopg 3.2
-        cancel_safe = elsewhere(psycopg.Connection, "cancel_safe", "io")
+
+        def cancel_safe(self, *, timeout: float = 30.0) -> asyncio.Future[None]:
+            """As ``cancel``, through libpq 17's cancellation, waiting at most ``timeout``."""
+            return offload.offload(self.__wrapped__.cancel_safe, executor="io")(timeout=timeout)
 
     async def close(self) -> None:
         """Close the connection on its thread, then end the thread if it was its own."""
         await self._run(self.__wrapped__.close)
         if self._own_thread is not None:
             self._own_thread.shutdown(wait=False)
-
-
-# The classes psycopg hangs on its classes: the DB-API exceptions (conn.Error, ...) and,
-# before psycopg 3.2, status enums (Connection.ConnStatus, Cursor.ExecStatus).
-copy_classes(AsyncConnection, psycopg.Connection)
-copy_classes(AsyncCursor, psycopg.Cursor)
-copy_classes(AsyncServerCursor, psycopg.ServerCursor)
 
 
 async def connect(

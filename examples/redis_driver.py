@@ -18,17 +18,20 @@ importing this module.
 What is declared how, and why:
 
 - every command (``get``, ``incr``, ``eval``, ``xadd``, ..., about 400 of them) runs on the
-  pool: the list is derived from the class, so it follows the installed redis-py;
-- ``scan_iter`` and its kin return generators: their steps run on the pool too, one thread
-  for an iteration's whole life (see ``examples/glue.py``);
-- ``pipeline()`` and ``lock()`` only build objects, so they are called on the caller's
-  thread; their results are facades in turn: on a pipeline, commands buffer (on the caller's
-  thread) and ``execute()`` runs on the pool; a lock's ``acquire``/``release`` run on the pool.
+  pool: ``run=["*"]`` takes every plain method of the class, so it follows the installed
+  redis-py;
+- ``scan_iter`` and its kin are generators: ``iterate=["*"]`` takes them, and their steps
+  run on the pool too, one thread for an iteration's whole life;
+- ``pipeline()``, ``lock()`` and ``client()`` only build objects, so they are called on the
+  caller's thread; their results are facades in turn, chosen by type: on a pipeline,
+  commands buffer (on the caller's thread) and ``execute()`` runs on the pool; a lock's
+  ``acquire``/``release`` run on the pool; ``client()`` gives another ``AsyncRedis``.
 - ``transaction(func, *watches)`` runs the whole WATCH/MULTI/EXEC retry loop on one pool
   thread, ``func`` included: it is the way to use WATCH (a pipeline facade's commands after
   ``watch()`` would run on the caller's thread, immediately, blocking the loop).
+- ``client.connection_pool`` reads the sync client's pool.
 
-``LEFT_OUT`` lists what the facade does not offer, each with its reason.
+``LEFT_OUT_REASONS`` says why the facade leaves out what it leaves out (``omit=``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ import redis.client
 import redis.lock
 
 import offload
-from examples.glue import iterating, plain_methods
 
 #: The executor name the client's commands run on.
 EXECUTOR = "redis_driver.io"
@@ -50,15 +52,14 @@ EXECUTOR = "redis_driver.io"
 # application's offload.register(EXECUTOR, ...) replaces it, whenever it runs.
 offload.register(EXECUTOR, lambda: offload.ThreadPool(16, name="redis_driver"), default=True)
 
-#: Public names of ``redis.Redis`` the facade leaves out on purpose (the parity test ignores
-#: exactly these). Names a given redis-py release lacks are dropped below.
+#: Public names of ``redis.Redis`` the facade leaves out on purpose, and why. Names a given
+#: redis-py release lacks are dropped below (``omit=`` refuses names the class lacks).
 LEFT_OUT_REASONS = {
     # Class methods: build the sync client with them, then wrap it (connect() does).
     "from_url": "a class method",
     "from_pool": "a class method",
-    # A second client over the same pool: wrap it yourself, AsyncRedis(client.client()).
-    "client": "returns a sync client",
-    # Objects that hold a connection of their own and read from it in a loop.
+    # Objects that hold a connection of their own and read from it in a loop that nothing
+    # can interrupt from another thread.
     "pubsub": "needs a reader of its own",
     "monitor": "needs a reader of its own",
     "keyspace_notifications": "needs a reader of its own",
@@ -71,14 +72,6 @@ LEFT_OUT_REASONS = {
     ),
 }
 LEFT_OUT = sorted(name for name in LEFT_OUT_REASONS if hasattr(redis.Redis, name))
-
-#: Methods that return generators: stepped on the pool by the facade (see ``iterating``).
-ITERATORS = ["scan_iter", "sscan_iter", "hscan_iter", "zscan_iter"]
-
-#: Built on the caller's thread, wrapped in a facade below.
-BUILDERS = ["pipeline", "lock"]
-
-COMMANDS = plain_methods(redis.Redis, exclude={*LEFT_OUT, *ITERATORS, *BUILDERS})
 
 #: A pipeline's own methods that talk to the server; every other command only buffers.
 PIPELINE_IO = [
@@ -97,25 +90,16 @@ PIPELINE_IO = [
     if hasattr(redis.client.Pipeline, name)
 ]
 
-#: What a pipeline facade leaves out besides ``LEFT_OUT``: nested pipelines, locks, WATCH
-#: loops and scans make no sense on a buffer (use the client for them).
-PIPELINE_LEFT_OUT = sorted({*LEFT_OUT, *ITERATORS, *BUILDERS, "transaction"})
-PIPELINE_CONSTANTS = ["UNWATCH_COMMANDS"]
-
-#: Lock attributes that are Lua scripts the lock registers for itself, not API.
-LOCK_INTERNALS = [
-    name
-    for name in dir(redis.lock.Lock)
-    if name.startswith(("LUA_", "lua_")) or name == "register_scripts"
-]
-
 
 class AsyncPipeline(
     offload.Facade[redis.client.Pipeline],
     wraps=redis.client.Pipeline,
     executor=EXECUTOR,
     run=PIPELINE_IO,
-    sync=plain_methods(redis.client.Pipeline, exclude={*PIPELINE_IO, *PIPELINE_LEFT_OUT}),
+    sync=["*"],
+    attrs=["UNWATCH_COMMANDS"],
+    # Nested pipelines, locks, WATCH loops and scans make no sense on a buffer: use the client.
+    omit=[*LEFT_OUT, "pipeline", "lock", "client", "transaction", "*scan_iter"],
 ):
     """A redis pipeline: commands buffer on the caller's thread, ``execute()`` runs on the pool.
 
@@ -127,7 +111,8 @@ class AsyncLock(
     offload.Facade[redis.lock.Lock],
     wraps=redis.lock.Lock,
     executor=EXECUTOR,
-    run=plain_methods(redis.lock.Lock, exclude=set(LOCK_INTERNALS)),
+    run=["*"],
+    omit=["register_scripts", "LUA_*", "lua_*"],  # the Lua scripts the lock registers itself
 ):
     """A redis lock: ``acquire``, ``release``, ``extend`` and ``async with`` run on the pool.
 
@@ -142,16 +127,14 @@ class AsyncRedis(
     offload.Facade[redis.Redis],
     wraps=redis.Redis,
     executor=EXECUTOR,
-    run=COMMANDS,
-    sync=BUILDERS,
-    wrap={"pipeline": AsyncPipeline, "lock": AsyncLock},
+    run=["*"],
+    sync=["pipeline", "lock", "client"],
+    iterate=["*"],
+    attrs=["connection_pool"],
+    wrap=[AsyncPipeline, AsyncLock],
+    omit=LEFT_OUT,
 ):
     """A redis client whose commands run on the ``redis_driver.io`` pool."""
-
-    scan_iter = iterating(redis.Redis, "scan_iter")
-    sscan_iter = iterating(redis.Redis, "sscan_iter")
-    hscan_iter = iterating(redis.Redis, "hscan_iter")
-    zscan_iter = iterating(redis.Redis, "zscan_iter")
 
 
 def connect(

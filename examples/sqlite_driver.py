@@ -119,7 +119,6 @@ class AsyncConnection(
         "backup",
         "blobopen",
         "interrupt",
-        "iterdump",
         "serialize",
         "deserialize",
         "set_authorizer",
@@ -130,6 +129,7 @@ class AsyncConnection(
         *_CONFIG_METHODS,
     ],
     sync=["transaction"],
+    iterate=["iterdump"],  # a generator of SQL text, each step a query on the connection
     wrap={
         "execute": AsyncCursor,
         "executemany": AsyncCursor,

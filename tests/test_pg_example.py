@@ -277,8 +277,108 @@ async def test_cancel_interrupts_a_running_statement(
 
 
 def test_the_driver_facades_are_complete() -> None:
-    """The facades cover psycopg's Connection, Cursor and ServerCursor but for LEFT_OUT."""
-    offload.assert_parity(pg_driver.AsyncConnection, ignore=["connect", "pipeline"])
-    offload.assert_parity(pg_driver.AsyncCursor, ignore=["copy"])
-    offload.assert_parity(pg_driver.AsyncServerCursor, ignore=["copy"])
-    assert set(pg_driver.LEFT_OUT) == {"connect", "pipeline", "copy"}
+    """The facades cover psycopg's Connection, cursors, Copy and Pipeline but for LEFT_OUT."""
+    for facade_class in (
+        pg_driver.AsyncConnection,
+        pg_driver.AsyncCursor,
+        pg_driver.AsyncServerCursor,
+        pg_driver.AsyncCopy,
+        pg_driver.AsyncPipeline,
+    ):
+        offload.assert_parity(facade_class)
+    assert pg_driver.AsyncConnection._offload_omitted == {"connect"} == set(pg_driver.LEFT_OUT)
+
+
+async def test_copy_writes_and_reads_rows_on_the_connections_thread(
+    conn: pg_driver.AsyncConnection, admin: psycopg.Connection[Any]
+) -> None:
+    """``async with cursor.copy(...)`` gives an AsyncCopy: rows written, then read back."""
+    cursor = conn.cursor()
+    async with cursor.copy("COPY accounts (id, owner, balance) FROM STDIN") as copy:
+        assert isinstance(copy, pg_driver.AsyncCopy)
+        for row in [(4, "di", 5), (5, "ed", 6)]:
+            await copy.write_row(row)
+    query = "SELECT id, owner, balance FROM accounts WHERE id > 3 ORDER BY id"
+    assert admin.execute(query).fetchall() == [(4, "di", 5), (5, "ed", 6)]
+    async with cursor.copy("COPY (SELECT id, owner FROM accounts ORDER BY id) TO STDOUT") as copy:
+        copy.set_types(["int4", "text"])
+        rows = [row async for row in copy.rows()]
+    assert rows == [(1, "ann"), (2, "bob"), (3, "cy"), (4, "di"), (5, "ed")]
+
+
+async def test_a_copy_block_that_raises_writes_nothing(
+    conn: pg_driver.AsyncConnection, admin: psycopg.Connection[Any]
+) -> None:
+    """An error in the block reaches the Copy's ``__exit__``, which aborts the COPY."""
+
+    async def copy_then_fail() -> None:
+        async with conn.cursor().copy("COPY accounts (id, owner, balance) FROM STDIN") as copy:
+            await copy.write_row((6, "fay", 1))
+            raise ValueError("the input was bad")
+
+    with pytest.raises(ValueError, match="the input was bad"):
+        await copy_then_fail()
+    assert admin.execute("SELECT count(*) FROM accounts").fetchone() == (3,)
+    cursor = await conn.execute("SELECT 1")  # the connection left COPY mode
+    assert await cursor.fetchone() == (1,)
+
+
+async def test_pipeline_mode_runs_statements_before_one_sync(
+    conn: pg_driver.AsyncConnection,
+) -> None:
+    """``async with conn.pipeline()`` gives an AsyncPipeline; results arrive after sync()."""
+    update = "UPDATE accounts SET balance = balance + 1 WHERE id = %s RETURNING balance"
+    async with conn.pipeline() as pipeline:
+        assert isinstance(pipeline, pg_driver.AsyncPipeline)
+        cursors = [await conn.execute(update, (account,)) for account in (1, 2)]
+        await pipeline.sync()
+        assert [await cursor.fetchone() for cursor in cursors] == [(101,), (101,)]
+
+
+async def test_notifies_are_iterated_on_the_connections_thread(
+    conn: pg_driver.AsyncConnection, admin: psycopg.Connection[Any]
+) -> None:
+    """``async for`` over ``notifies()`` receives what another session sends with NOTIFY."""
+    await conn.execute("LISTEN offload_test")
+    admin.execute("NOTIFY offload_test, 'first'")
+    admin.execute("NOTIFY offload_test, 'second'")
+    received = [note.payload async for note in conn.notifies(timeout=WAIT, stop_after=2)]
+    assert received == ["first", "second"]
+    await conn.execute("UNLISTEN *")  # the generator let go of the connection's lock
+
+
+async def test_psycopgs_attributes_pass_through(conn: pg_driver.AsyncConnection) -> None:
+    """attrs=: the DB-API classes on the class and instance; pgconn and row_factory too."""
+    assert pg_driver.AsyncConnection.IntegrityError is psycopg.IntegrityError
+    assert conn.Error is psycopg.Error
+    assert conn.pgconn is conn.__wrapped__.pgconn
+    conn.row_factory = psycopg.rows.dict_row  # set on the sync connection: its cursors use it
+    try:
+        cursor = await conn.execute("SELECT 1 AS one")
+        assert await cursor.fetchone() == {"one": 1}
+    finally:
+        conn.row_factory = psycopg.rows.tuple_row
+    with pytest.raises(AttributeError, match="AsyncConnection has no attribute 'prepare_thresh'"):
+        conn.prepare_thresh = 3  # a typo of prepare_threshold: not silently kept on the facade
+
+
+async def test_a_transaction_on_a_pool_runs_its_statements_on_the_thread_it_holds(
+    postgres_server: PostgresServer,
+) -> None:
+    """On a pool, ``async with conn.transaction()`` holds a thread, and the task's calls on
+    the connection run on it: with one thread in the pool, none of them waits for another.
+    (Cursors made from the connection go to the pool, as facades made from a facade do.)"""
+    reset(postgres_server)
+    pool = offload.ThreadPool(1, name="one-pg-thread")
+    conn = await pg_driver.connect(postgres_server.conninfo, executor=pool)
+    try:
+        async with conn.transaction():
+            held = await conn._run(threading.get_ident)
+            await conn.execute("UPDATE accounts SET balance = 0 WHERE id = 1")
+            await conn.execute("UPDATE accounts SET balance = 200 WHERE id = 2")
+            assert await conn._run(threading.get_ident) == held
+        cursor = await conn.execute("SELECT balance FROM accounts WHERE id < 3 ORDER BY id")
+        assert await cursor.fetchall() == [(0,), (200,)]  # committed
+    finally:
+        await conn.close()
+        pool.shutdown()

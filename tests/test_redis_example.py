@@ -266,14 +266,46 @@ async def test_async_with_releases_a_thread_local_lock(redis_server: RedisServer
 
 
 def test_the_driver_facades_are_complete() -> None:
-    """The facades cover redis-py's client, pipeline and lock, but for the names left out."""
-    offload.assert_parity(redis_driver.AsyncRedis, ignore=redis_driver.LEFT_OUT)
-    offload.assert_parity(
-        redis_driver.AsyncPipeline,
-        ignore=redis_driver.PIPELINE_LEFT_OUT + redis_driver.PIPELINE_CONSTANTS,
-    )
-    offload.assert_parity(redis_driver.AsyncLock, ignore=redis_driver.LOCK_INTERNALS)
-    assert len(redis_driver.COMMANDS) > 300  # derived from the class: every command
+    """The facades cover redis-py's client, pipeline and lock; what they omit is on purpose."""
+    offload.assert_parity(redis_driver.AsyncRedis)
+    offload.assert_parity(redis_driver.AsyncPipeline)
+    offload.assert_parity(redis_driver.AsyncLock)
+    assert redis_driver.AsyncRedis._offload_omitted == set(redis_driver.LEFT_OUT)
+    declared = redis_driver.AsyncRedis._offload_declared
+    commands = [name for name, keyword in declared.items() if keyword == "run"]
+    assert len(commands) > 300  # run=["*"]: every command of the installed redis-py
+    assert {name for name, keyword in declared.items() if keyword == "iterate"} == {
+        "scan_iter",
+        "sscan_iter",
+        "hscan_iter",
+        "zscan_iter",
+    }
+
+
+async def test_client_gives_another_facade_on_the_same_executor(
+    client: redis_driver.AsyncRedis,
+) -> None:
+    """``client()`` returns a redis.Redis: by its type it comes back as an AsyncRedis."""
+    single = client.client()
+    try:
+        assert type(single) is redis_driver.AsyncRedis
+        assert single._executor == client._executor
+        assert await single.ping() is True
+    finally:
+        single.__wrapped__.close()
+
+
+async def test_instance_attributes_pass_through_when_declared(
+    client: redis_driver.AsyncRedis,
+) -> None:
+    """``connection_pool`` (attrs=) reads and sets the sync client's; an undeclared set fails."""
+    pool = client.__wrapped__.connection_pool
+    assert client.connection_pool is pool
+    client.connection_pool = pool  # lands on the sync client, not on the facade
+    assert "connection_pool" not in vars(client)
+    with pytest.raises(AttributeError, match=r"AsyncRedis has no attribute 'response_cb'"):
+        client.response_cb = {}
+    assert not hasattr(client.__wrapped__, "response_cb")
 
 
 async def test_a_pipeline_buffers_on_the_callers_thread(client: redis_driver.AsyncRedis) -> None:

@@ -241,6 +241,20 @@ async def test_a_transaction_rolls_back_on_error(tmp_path: Path) -> None:
         await conn.close()
 
 
+async def test_a_dump_is_iterated_on_the_connections_thread(tmp_path: Path) -> None:
+    """``iterdump()`` returns a generator whose steps query the connection: ``iterate=``
+    steps it on the connection's thread, where sqlite3's same-thread check lets it through."""
+    conn = await sqlite_driver.connect(str(tmp_path / "t.sqlite3"))
+    try:
+        await conn.execute("CREATE TABLE t (x)")
+        await conn.execute("INSERT INTO t VALUES (42)")
+        dump = [line async for line in conn.iterdump()]
+        assert "CREATE TABLE t (x);" in dump
+        assert 'INSERT INTO "t" VALUES(42);' in dump
+    finally:
+        await conn.close()
+
+
 def test_the_driver_facades_are_complete() -> None:
     """The driver's facades cover every public attribute of sqlite3's classes."""
     # Against the running Python's sqlite3, which gained Connection.getconfig/setconfig in 3.12.

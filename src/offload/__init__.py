@@ -29,6 +29,7 @@ from ._call import cancelled as cancelled
 from ._call import check_cancelled as check_cancelled
 from ._context import acontext as acontext
 from ._dask import DaskExecutor as DaskExecutor
+from ._declare import assert_parity as assert_parity
 from ._decorator import CoroutineOffloader as CoroutineOffloader
 from ._decorator import Offloader as Offloader
 from ._errors import ExecutorShutdownError as ExecutorShutdownError
@@ -38,7 +39,6 @@ from ._errors import OverloadedError as OverloadedError
 from ._errors import UnknownExecutorError as UnknownExecutorError
 from ._errors import WorkerDiedError as WorkerDiedError
 from ._facade import Facade as Facade
-from ._facade import assert_parity as assert_parity
 from ._facade import facade as facade
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate

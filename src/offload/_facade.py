@@ -1,24 +1,38 @@
 """Facades: an async class over a blocking one, made from a short declaration.
 
 A facade instance holds a sync instance as ``__wrapped__`` and an executor.
-What the declaration lists decides what each attribute becomes:
+What the declaration lists (checked and resolved by ``_declare``) decides what
+each attribute becomes:
 
 - ``run``: a method returning a Future; the sync method runs on the executor.
 - ``sync``: a method called as is, on the caller's thread.
-- ``wrap``: for methods in either list, the facade class their result goes into,
-  sharing the parent's executor (connection -> cursor). A method returning the
-  wrapped object itself returns the facade itself.
+- ``iterate``: a method returning an async iterator (``OffloadedIterator``);
+  the call and every step of the iterator it returns run on the executor.
+- ``contexts``: a method returning an async context manager; the call and the
+  ``__enter__`` of the manager it returns run in one job, ``__exit__`` on the
+  same thread (``_context``).
+- ``attrs``: a passthrough of an instance attribute or a class-level value.
+- ``wrap``: the facade class a result goes into, by method or by the result's
+  type (the nearest class in its MRO), sharing the parent's executor
+  (connection -> cursor). It applies to the results of declared methods, the
+  items of ``iterate`` methods and the values ``__enter__`` gives. A result of
+  the facade's own sync class becomes a facade of its class; the wrapped
+  object itself comes back as the facade itself.
 
 Public data descriptors of the sync class (properties, slots) pass through as
 they are. ``__iter__`` becomes ``__aiter__`` (see ``aiterate``; a DB-API
 cursor, one with ``fetchmany``, is read a burst of rows per call) and
 ``__enter__``/``__exit__`` become ``__aenter__``/``__aexit__`` (see
-``acontext``). Anything the class body defines itself wins.
+``acontext``). Anything the class body defines itself wins. Setting a public
+attribute the facade does not define is an error: it would land on the facade,
+not on the sync object; names starting with ``_`` are free for a subclass's
+own state.
 
-While a task is inside ``async with facade:`` on a pool, the context holds a
-thread (see ``_context``), and that task's calls on the same facade run on that
-thread: a redis-py ``Lock``'s ``extend`` needs the token its ``acquire`` left in
-a ``threading.local``. Other tasks' calls, and facades made from it, go to the
+While a task is inside ``async with facade:``, or a block of one of its
+``contexts`` methods, on a pool, the context holds a thread (see ``_context``),
+and that task's calls on the same facade run on that thread: a redis-py
+``Lock``'s ``extend`` needs the token its ``acquire`` left in a
+``threading.local``. Other tasks' calls, and facades made from it, go to the
 executor as usual.
 
 ``on_cancel`` names what interrupts the wrapped object's blocked call (see
@@ -36,10 +50,12 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ._affinity import HeldThread
 from ._context import _AsyncContext
+from ._declare import Declaration, defines, resolve
 from ._decorator import ExecutorSpec, check_spec
 from ._interrupt import Interrupt, guarded
 from ._iterate import PREFETCH, OffloadedIterator, route, running_loop
@@ -48,8 +64,9 @@ from ._route import route_to
 S = TypeVar("S")
 T = TypeVar("T")
 
-#: Sync protocol methods and the async ones a facade offers for them.
-PROTOCOL = {"__iter__": "__aiter__", "__enter__": "__aenter__", "__exit__": "__aexit__"}
+#: Result types whose facade class a facade class remembers (past it, each is looked up).
+_SEEN_LIMIT = 256
+_UNSEEN: Any = object()
 
 
 if TYPE_CHECKING:
@@ -67,17 +84,40 @@ class Facade(Generic[S], metaclass=_FacadeType):
 
     Declare a facade with class keywords: ``wraps`` (the sync class),
     ``executor`` (a registered name or an Executor; ``"default"`` if omitted),
-    ``run`` and ``sync`` (method names), ``wrap`` (method name -> facade
-    class for its result), ``prefetch`` (rows an iteration reads ahead) and
-    ``on_cancel`` (what interrupts a blocked call: the name of a method of the
-    sync object, or a callable taking it). Instances take the sync instance,
-    and optionally an ``executor`` that overrides the class's for this
-    instance and the facades made from it (one thread per connection, say).
+    then the sync class's names by what they are:
 
-    For a subclass's own methods, ``self._executor`` is the instance's executor
-    and ``self._run(fn, *args, **kwargs)`` runs ``fn`` there, returning a Future.
-    (The leading underscore keeps these names clear of the sync class's, as in
-    ``namedtuple._replace``.)
+    - ``run``: methods that block; each returns a Future, and runs on the executor;
+    - ``sync``: methods that do no I/O, called on the caller's thread;
+    - ``iterate``: methods returning an iterator (generators); each returns an
+      ``async for`` iterator whose call and steps run on the executor;
+    - ``contexts``: methods returning a context manager (``@contextmanager``
+      ones); each returns an ``async with`` manager whose call, ``__enter__``
+      and ``__exit__`` run on one thread of the executor;
+    - ``attrs``: instance attributes and class-level values (constants,
+      exception classes), passed through for reading, setting and deleting;
+    - ``omit``: names left out on purpose (``assert_parity`` accepts them).
+
+    A name with ``*``, ``?`` or ``[`` is a pattern over the sync class's public
+    names that takes only names of its keyword's shape, so ``run=["*"]`` is
+    every plain method not listed elsewhere or omitted. A name a keyword cannot
+    serve (a generator in ``run=``, a constant in ``sync=``) is refused when
+    the class is defined, with the keyword that fits.
+
+    ``wrap`` gives the facade class results go into: a mapping of method names
+    to facade classes, or a list of facade classes, each taking the results
+    whose type is its ``wraps=`` (the nearest class in the result's MRO wins).
+    A mapping's classes count by type too. ``prefetch`` is how many items an
+    iteration reads ahead, and ``on_cancel`` what interrupts a blocked call
+    (the name of a method of the sync object, or a callable taking it).
+
+    Instances take the sync instance, and optionally an ``executor`` that
+    overrides the class's for this instance and the facades made from it (one
+    thread per connection, say). For a subclass's own methods,
+    ``self._executor`` is the instance's executor and ``self._run(fn, *args,
+    **kwargs)`` runs ``fn`` there, returning a Future. (The leading underscore
+    keeps these names clear of the sync class's, as in
+    ``namedtuple._replace``; attributes a subclass sets on its instances start
+    with ``_`` too.)
 
     Examples:
         >>> import asyncio, offload
@@ -97,6 +137,43 @@ class Facade(Generic[S], metaclass=_FacadeType):
         (2, 5)
         >>> AsyncCounter.add.__doc__
         'Add n (blocking).'
+
+        Generators, context managers and attributes:
+
+        >>> import contextlib
+        >>> class Store:
+        ...     Error = LookupError  # a class hung on the class, as DB-API drivers do
+        ...     def __init__(self):
+        ...         self.data = {"a": 1, "b": 2}
+        ...         self.name = "main"  # an instance attribute
+        ...     def get(self, key):
+        ...         return self.data[key]
+        ...     def scan(self):
+        ...         yield from sorted(self.data)  # each step would block
+        ...     @contextlib.contextmanager
+        ...     def batch(self):
+        ...         saved = dict(self.data)
+        ...         try:
+        ...             yield self
+        ...         except BaseException:
+        ...             self.data = saved
+        ...             raise
+        >>> class AsyncStore(
+        ...     offload.Facade[Store], wraps=Store, executor="io",
+        ...     run=["get"], iterate=["scan"], contexts=["batch"], attrs=["Error", "name"],
+        ... ):
+        ...     pass
+        >>> async def main():
+        ...     store = AsyncStore(Store())
+        ...     keys = [key async for key in store.scan()]
+        ...     async with store.batch() as same:
+        ...         value = await store.get("b")
+        ...     return keys, same is store, value, store.name, store.Error
+        >>> asyncio.run(main())
+        (['a', 'b'], True, 2, 'main', <class 'LookupError'>)
+        >>> AsyncStore(Store()).colour = "red"
+        Traceback (most recent call last):
+        AttributeError: AsyncStore has no attribute 'colour' to set: ...
     """
 
     __wrapped__: S
@@ -105,35 +182,46 @@ class Facade(Generic[S], metaclass=_FacadeType):
     _offload_executor: ClassVar[ExecutorSpec] = "default"
     _offload_prefetch: ClassVar[int] = PREFETCH
     _offload_on_cancel: ClassVar[str | Callable[[Any], object] | None] = None
+    #: Each declared name and its keyword, this class's and its facade bases'.
+    _offload_declared: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
+    #: Names of the sync class left out on purpose (``omit=``).
+    _offload_omitted: ClassVar[frozenset[str]] = frozenset()
+    #: Sync classes to the facade classes their instances are returned as.
+    _offload_results: ClassVar[Mapping[type, type[Facade[Any]]]] = types.MappingProxyType({})
+    #: Result types seen, to the facade class each went into (or None).
+    _offload_seen: ClassVar[dict[type, type[Facade[Any]] | None]]
     #: What interrupts this instance's blocked calls, bound to its sync object.
     _interrupt: Interrupt | None = None
+    _entered: dict[asyncio.Task[Any] | None, list[_Inside]]
 
     if TYPE_CHECKING:  # the generated attributes are unknown to type checkers
 
-        def __getattr__(self, name: str) -> Any: ...
-        def __setattr__(self, name: str, value: Any) -> None: ...
         def __aiter__(self) -> OffloadedIterator[Any]: ...
         async def __aenter__(self) -> Any: ...
         async def __aexit__(self, *exc_info: object) -> bool: ...
 
     def __init__(self, wrapped: S, *, executor: ExecutorSpec | None = None) -> None:
-        wraps = getattr(type(self), "_offload_wraps", None)
+        cls = type(self)
+        wraps = getattr(cls, "_offload_wraps", None)
         if wraps is None:
-            raise TypeError(f"{type(self).__qualname__} declares no wraps=SyncClass")
+            raise TypeError(f"{cls.__qualname__} declares no wraps=SyncClass")
         if not isinstance(wrapped, wraps):
             raise TypeError(
-                f"{type(self).__qualname__} wraps {wraps.__qualname__} objects, got {wrapped!r}"
+                f"{cls.__qualname__} wraps {wraps.__qualname__} objects, got {wrapped!r}"
             )
-        self.__wrapped__ = wrapped
-        self._executor = (
-            check_spec(executor) if executor is not None else type(self)._offload_executor
+        setter = object.__setattr__
+        setter(self, "__wrapped__", wrapped)
+        setter(
+            self,
+            "_executor",
+            check_spec(executor) if executor is not None else cls._offload_executor,
         )
-        on_cancel = type(self)._offload_on_cancel
+        on_cancel = cls._offload_on_cancel
         if on_cancel is not None:
-            self._interrupt = _bind(on_cancel, wrapped)
+            setter(self, "_interrupt", _bind(on_cancel, wrapped))
         # The contexts each task is inside, innermost last, with the thread their
         # calls go to (held by the outermost, on a pool).
-        self._entered: dict[asyncio.Task[Any] | None, list[_Inside]] = {}
+        setter(self, "_entered", {})
 
     def __init_subclass__(
         cls,
@@ -142,7 +230,11 @@ class Facade(Generic[S], metaclass=_FacadeType):
         executor: ExecutorSpec | None = None,
         run: Iterable[str] = (),
         sync: Iterable[str] = (),
-        wrap: Mapping[str, type[Facade[Any]]] | None = None,
+        iterate: Iterable[str] = (),
+        contexts: Iterable[str] = (),
+        attrs: Iterable[str] = (),
+        omit: Iterable[str] = (),
+        wrap: WrapSpec | None = None,
         prefetch: int | None = None,
         on_cancel: str | Callable[[Any], object] | None = None,
         **kwargs: Any,
@@ -151,17 +243,43 @@ class Facade(Generic[S], metaclass=_FacadeType):
         if executor is not None:
             cls._offload_executor = check_spec(executor)
         if prefetch is not None:
+            if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+                raise ValueError(f"prefetch must be a positive int, got {prefetch!r}")
             cls._offload_prefetch = prefetch
         if on_cancel is not None:
             _check_on_cancel(cls, wraps or getattr(cls, "_offload_wraps", None), on_cancel)
             cls._offload_on_cancel = on_cancel
+        lists = {
+            "run": run,
+            "sync": sync,
+            "iterate": iterate,
+            "contexts": contexts,
+            "attrs": attrs,
+        }
         if wraps is not None:
-            _declare(cls, wraps, list(run), list(sync), dict(wrap or {}))
-        elif run or sync or wrap:
-            raise TypeError(f"{cls.__qualname__} lists methods but no wraps=SyncClass")
+            _declare(cls, wraps, lists, wrap, omit)
+        elif any(lists.values()) or wrap or omit:
+            raise TypeError(f"{cls.__qualname__} lists names but no wraps=SyncClass")
+        elif hasattr(cls, "_offload_wraps"):  # a subclass that adds methods of its own
+            _results_go_to(cls, {cls._offload_wraps: cls})
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} wrapping {self.__wrapped__!r}>"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and not hasattr(type(self), name):
+            raise AttributeError(_undeclared(self, name, "to set"), name=name, obj=self)
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called once the usual lookup failed.
+        if hasattr(type(self), name):  # a passthrough raised AttributeError: show its own
+            return object.__getattribute__(self, name)
+        if name.startswith("_"):
+            message = f"{type(self).__qualname__!r} object has no attribute {name!r}"
+        else:
+            message = _undeclared(self, name, "to read")
+        raise AttributeError(message, name=name, obj=self)
 
     def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run ``fn(*args, **kwargs)`` on this facade's executor."""
@@ -183,19 +301,45 @@ class Facade(Generic[S], metaclass=_FacadeType):
         return guarded(chosen, loop, interrupt, fn, args, kwargs)
 
     def _thread_now(self) -> HeldThread | None:
-        """The thread the current task's calls go to, inside ``async with self`` on a pool."""
+        """The thread the current task's calls go to inside ``async with`` on a pool.
+
+        The block is ``async with self`` or one over a ``contexts=`` method's manager.
+        """
         inside = self._entered.get(asyncio.current_task())
         return inside[-1].thread if inside else None
+
+
+#: What ``wrap=`` takes: method names to facade classes, or facade classes (by type).
+WrapSpec = Mapping[str, type[Facade[Any]]] | Iterable[type[Facade[Any]]]
+
+
+def _undeclared(facade: Facade[Any], name: str, what: str) -> str:
+    cls = type(facade)
+    wraps = cls._offload_wraps.__qualname__
+    return (
+        f"{cls.__qualname__} has no attribute {name!r} {what}: a facade passes through only "
+        f"what it declares. List {name!r} in attrs= to reach {wraps}'s attribute, or use "
+        f"facade.__wrapped__.{name}; a subclass's own state takes a name starting with '_'"
+    )
 
 
 class _Inside:
     """One ``async with`` a task is inside: its context, and where its calls go."""
 
-    __slots__ = ("context", "thread")
+    __slots__ = ("context", "own", "task", "thread")
 
-    def __init__(self, context: _AsyncContext[Any], thread: HeldThread | None) -> None:
+    def __init__(
+        self,
+        context: _AsyncContext[Any],
+        thread: HeldThread | None,
+        task: asyncio.Task[Any] | None,
+        *,
+        own: bool,
+    ) -> None:
         self.context = context
         self.thread = thread
+        self.task = task
+        self.own = own  # the facade itself entered, not a contexts= method's manager
 
 
 def _check_on_cancel(cls: type, wraps: type | None, on_cancel: object) -> None:
@@ -219,49 +363,6 @@ def _bind(on_cancel: str | Callable[[Any], object], wrapped: Any) -> Interrupt:
     return functools.partial(on_cancel, wrapped)
 
 
-def _check_declaration(
-    cls: type[Facade[Any]], wraps: type, run: list[str], sync: list[str], wrap: dict[str, Any]
-) -> None:
-    if not isinstance(wraps, type):
-        raise TypeError(f"wraps= takes the sync class, got {wraps!r}")
-    unknown = [name for name in [*run, *sync] if not hasattr(wraps, name)]
-    if unknown:
-        raise TypeError(
-            f"{wraps.__qualname__} has no attributes {unknown}, listed for {cls.__qualname__}"
-        )
-    both = set(run) & set(sync)
-    if both:
-        raise TypeError(f"{sorted(both)} listed in both run= and sync= for {cls.__qualname__}")
-    stray = set(wrap) - set(run) - set(sync)
-    if stray:
-        raise TypeError(f"wrap= names {sorted(stray)}, which are in neither run= nor sync=")
-    bad = {name: target for name, target in wrap.items() if not _is_facade_class(target)}
-    if bad:
-        raise TypeError(f"wrap= needs Facade subclasses declared with wraps=, got {bad}")
-
-
-def _declare(
-    cls: type[Facade[Any]], wraps: type, run: list[str], sync: list[str], wrap: dict[str, Any]
-) -> None:
-    _check_declaration(cls, wraps, run, sync, wrap)
-    cls._offload_wraps = wraps
-    taken = set(vars(cls))  # what the class body defines wins
-    for names, offloaded in ((run, True), (sync, False)):
-        for name in names:
-            if name not in taken:
-                setattr(cls, name, _method(cls, wraps, name, wrap.get(name), offloaded=offloaded))
-    taken.update(run, sync)
-    for name in dir(wraps):
-        public = not name.startswith("_") and name not in taken
-        if public and inspect.isdatadescriptor(inspect.getattr_static(wraps, name)):
-            setattr(cls, name, _passthrough(wraps, name))
-    if _defines(wraps, "__iter__") and "__aiter__" not in taken:
-        cls.__aiter__ = _aiter  # type: ignore[method-assign]
-    if _defines(wraps, "__enter__") and "__aenter__" not in taken:
-        cls.__aenter__ = _aenter  # type: ignore[method-assign]
-        cls.__aexit__ = _aexit  # type: ignore[method-assign]
-
-
 def _is_facade_class(target: object) -> bool:
     return (
         isinstance(target, type)
@@ -270,30 +371,115 @@ def _is_facade_class(target: object) -> bool:
     )
 
 
-def _defines(wraps: type, name: str) -> bool:
-    return any(name in vars(klass) for klass in wraps.__mro__ if klass is not object)
+def _declare(
+    cls: type[Facade[Any]],
+    wraps: type,
+    lists: Mapping[str, Iterable[str]],
+    wrap: object,
+    omit: Iterable[str],
+) -> None:
+    inherited = cls._offload_declared
+    declaration: Declaration = resolve(
+        cls.__qualname__,
+        wraps,
+        lists,
+        wrap,
+        omit,
+        # A pattern leaves alone what the class body, or a base's, defines.
+        defined=lambda name: hasattr(cls, name) and name not in inherited,
+        is_facade=_is_facade_class,
+    )
+    cls._offload_wraps = wraps
+    cls._offload_declared = types.MappingProxyType({**inherited, **declaration.declared})
+    cls._offload_omitted = cls._offload_omitted | declaration.omitted
+    _results_go_to(cls, {wraps: cls, **declaration.by_type})
+    taken = set(vars(cls))  # what the class body defines wins
+    for name, keyword in declaration.declared.items():
+        if name in taken:
+            continue
+        if keyword == "attrs":
+            setattr(cls, name, _attribute(wraps, name))
+        else:
+            target = declaration.by_method.get(name)
+            setattr(cls, name, _method(cls, wraps, name, keyword, target))
+    taken.update(declaration.declared, declaration.omitted)
+    for name in dir(wraps):
+        public = not name.startswith("_") and name not in taken
+        if public and inspect.isdatadescriptor(inspect.getattr_static(wraps, name)):
+            setattr(cls, name, _passthrough(wraps, name))
+    if defines(wraps, "__iter__") and "__aiter__" not in taken:
+        cls.__aiter__ = _aiter  # type: ignore[method-assign]
+    if defines(wraps, "__enter__") and "__aenter__" not in taken:
+        cls.__aenter__ = _aenter  # type: ignore[method-assign]
+        cls.__aexit__ = _aexit  # type: ignore[method-assign]
+
+
+# -- Results -----------------------------------------------------------------------
+
+
+def _results_go_to(cls: type[Facade[Any]], by_type: Mapping[type, type[Facade[Any]]]) -> None:
+    """Add to the facade classes results of ``cls``'s methods go into, by their type."""
+    cls._offload_results = types.MappingProxyType({**cls._offload_results, **by_type})
+    cls._offload_seen = {}
 
 
 def _rewrap(parent: Facade[Any], result: Any, target: type[Facade[Any]] | None) -> Any:
     """The facade a sync result is returned as: the parent itself, a new facade, or as is."""
     if result is parent.__wrapped__:
         return parent
-    if target is not None and isinstance(result, target._offload_wraps):
-        child = target(result, executor=parent._executor)
-        if child._interrupt is None:  # interrupting the parent ends the child's calls too
-            child._interrupt = parent._interrupt
-        return child
-    return result
+    if target is None or not isinstance(result, target._offload_wraps):
+        target = _facade_for(type(parent), type(result))
+        if target is None:
+            return result
+    child = target(result, executor=parent._executor)
+    if child._interrupt is None:  # interrupting the parent ends the child's calls too
+        object.__setattr__(child, "_interrupt", parent._interrupt)
+    return child
+
+
+def _facade_for(cls: type[Facade[Any]], kind: type) -> type[Facade[Any]] | None:
+    """The facade class a result of type ``kind`` goes into: the nearest in its MRO."""
+    seen = cls._offload_seen
+    found = seen.get(kind, _UNSEEN)
+    if found is _UNSEEN:
+        results = cls._offload_results
+        found = next((results[klass] for klass in kind.__mro__ if klass in results), None)
+        if len(seen) < _SEEN_LIMIT:  # a dict write: safe from any thread
+            seen[kind] = found
+    return found  # type: ignore[no-any-return]
 
 
 def _call_wrapped(parent: Facade[Any], name: str, args: Any, kwargs: Any, target: Any) -> Any:
-    return _rewrap(parent, getattr(parent.__wrapped__, name)(*args, **kwargs), target)
+    result = getattr(parent.__wrapped__, name)(*args, **kwargs)
+    if type(result) is types.GeneratorType:
+        result.close()
+        raise TypeError(
+            f"{type(parent).__qualname__}.{name}() returned a generator, whose steps would "
+            f"block the event loop's thread: declare {name!r} in iterate="
+        )
+    return _rewrap(parent, result, target)
+
+
+def _items(parent: Facade[Any], name: str, args: Any, kwargs: Any, target: Any) -> Iterator[Any]:
+    """An iterate= method's iterator: called, stepped and closed on the producer's thread."""
+    source = iter(getattr(parent.__wrapped__, name)(*args, **kwargs))
+    try:
+        for item in source:
+            yield _rewrap(parent, item, target)
+    except GeneratorExit:  # left early: close the method's iterator (a generator's finally)
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
+# -- Generated methods and attributes ---------------------------------------------
 
 
 def _method(
-    cls: type, wraps: type, name: str, target: type[Facade[Any]] | None, *, offloaded: bool
+    cls: type, wraps: type, name: str, keyword: str, target: type[Facade[Any]] | None
 ) -> Any:
-    if offloaded:
+    if keyword == "run":
 
         def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
             loop = running_loop(method)
@@ -302,34 +488,81 @@ def _method(
             call_args = (self, name, args, kwargs, target)
             return route(self._executor).call(loop, _call_wrapped, call_args, {})
 
-    else:
+    elif keyword == "sync":
 
         def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
             return _call_wrapped(self, name, args, kwargs, target)
 
+    elif keyword == "iterate":
+
+        def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
+            executor = (self._thread_now() if self._entered else None) or self._executor
+            return OffloadedIterator(
+                functools.partial(_items, self, name, args, kwargs, target),
+                executor,
+                self._offload_prefetch,
+                interrupt=self._interrupt,
+            )
+
+    else:
+
+        def method(self: Facade[Any], /, *args: Any, **kwargs: Any) -> Any:
+            return _Block(self, name, args, kwargs, target)
+
+    _describe(method, cls, wraps, name, keyword)
+    return method
+
+
+#: How each keyword's method presents the sync method's return annotation.
+_RETURNS = {
+    "run": "Future[{}]",
+    "iterate": "AsyncIterator[{}]",
+    "contexts": "AbstractAsyncContextManager[{}]",
+}
+
+
+def _describe(method: Any, cls: type, wraps: type, name: str, keyword: str) -> None:
+    """Give a generated method the sync one's name, docstring and signature."""
     original = inspect.getattr_static(wraps, name)
     method.__name__ = name
     method.__qualname__ = f"{cls.__qualname__}.{name}"
     method.__module__ = cls.__module__
     method.__doc__ = getattr(original, "__doc__", None)
-    method.__wrapped__ = original  # type: ignore[attr-defined]
+    method.__wrapped__ = original
     try:
         signature = inspect.signature(original)
     except (TypeError, ValueError):
         text = getattr(original, "__text_signature__", None)
         if text:
-            method.__text_signature__ = text  # type: ignore[attr-defined]
-    else:
-        if offloaded and signature.return_annotation is not signature.empty:
-            signature = signature.replace(
-                return_annotation=f"Future[{_annotation(signature.return_annotation)}]"
-            )
-        method.__signature__ = signature  # type: ignore[attr-defined]
-    return method
+            method.__text_signature__ = text
+        return
+    returns = signature.return_annotation
+    if keyword in _RETURNS and returns is not signature.empty:
+        text = _annotation(returns)
+        if keyword != "run":  # Iterator[X], Generator[X, ...]: the items' type
+            text = _first_argument(text)
+        signature = signature.replace(
+            return_annotation=_RETURNS[keyword].format(text) if text else _RETURNS[keyword][:-4]
+        )
+    method.__signature__ = signature
 
 
 def _annotation(annotation: object) -> str:
     return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+
+def _first_argument(text: str) -> str:
+    """``X`` of ``Iterator[X]`` or ``Generator[X, None, None]``; empty if there is none."""
+    opening = text.find("[")
+    if opening < 0 or not text.endswith("]"):
+        return ""
+    depth = 0
+    for index in range(opening + 1, len(text) - 1):
+        char = text[index]
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            return text[opening + 1 : index].strip()
+    return text[opening + 1 : -1].strip()
 
 
 def _passthrough(wraps: type, name: str) -> property:
@@ -345,6 +578,39 @@ def _passthrough(wraps: type, name: str) -> property:
     return property(
         get, assign, delete, getattr(inspect.getattr_static(wraps, name), "__doc__", None)
     )
+
+
+def _attribute(wraps: type, name: str) -> Any:
+    """An ``attrs=`` name: a property, on the class the sync class's own value if it has one."""
+    if inspect.isdatadescriptor(inspect.getattr_static(wraps, name, None)):
+        return _passthrough(wraps, name)
+    return _Attribute(wraps, name)
+
+
+class _Attribute:
+    """An instance attribute or class-level value of the sync class, reached through a facade."""
+
+    def __init__(self, wraps: type, name: str) -> None:
+        self.wraps = wraps
+        self.name = name
+        self.__doc__ = f"The sync object's {name!r}, read, set and deleted through the facade."
+
+    def __repr__(self) -> str:
+        return f"<passthrough of {self.wraps.__qualname__}.{self.name}>"
+
+    def __get__(self, facade: Facade[Any] | None, owner: type | None = None) -> Any:
+        if facade is None:  # on the class: the sync class's value, as on the sync class
+            return getattr(self.wraps, self.name, self)
+        return getattr(facade.__wrapped__, self.name)
+
+    def __set__(self, facade: Facade[Any], value: Any) -> None:
+        setattr(facade.__wrapped__, self.name, value)
+
+    def __delete__(self, facade: Facade[Any]) -> None:
+        delattr(facade.__wrapped__, self.name)
+
+
+# -- The protocols: async for, async with ------------------------------------------
 
 
 def _each(iterable: Iterable[T]) -> Iterator[T]:
@@ -369,28 +635,109 @@ def _aiter(self: Facade[Any]) -> OffloadedIterator[Any]:
     )
 
 
-async def _aenter(self: Facade[Any]) -> Any:
+async def _enter(
+    facade: Facade[Any], manager: Any, convert: Callable[[Any], Any], *, own: bool
+) -> tuple[Any, _Inside]:
+    """Enter ``manager`` for ``facade``: on the thread the task holds already, if it holds one."""
     task = asyncio.current_task()
-    inside = self._entered.get(task)
+    inside = facade._entered.get(task)
     outer = inside[-1].thread if inside else None  # nested: on the thread already held
-    context = _AsyncContext(
-        self.__wrapped__, outer or self._executor, lambda value: _rewrap(self, value, None)
-    )
-    result = await context.__aenter__()
-    self._entered.setdefault(task, []).append(_Inside(context, outer or context.held))
-    return result
+    context = _AsyncContext(manager, outer or facade._executor, convert)
+    value = await context.__aenter__()
+    entry = _Inside(context, outer or context.held, task, own=own)
+    facade._entered.setdefault(task, []).append(entry)
+    return value, entry
+
+
+async def _leave(facade: Facade[Any], entry: _Inside, exc_info: Any) -> bool:
+    inside = facade._entered.get(entry.task, [])
+    if entry in inside:
+        inside.remove(entry)
+        if not inside:
+            del facade._entered[entry.task]
+    return await entry.context.__aexit__(*exc_info)
+
+
+async def _aenter(self: Facade[Any]) -> Any:
+    value, _ = await _enter(self, self.__wrapped__, lambda v: _rewrap(self, v, None), own=True)
+    return value
 
 
 async def _aexit(self: Facade[Any], *exc_info: Any) -> bool:
-    task = asyncio.current_task()
-    inside = self._entered.get(task)
-    if not inside:
+    inside = self._entered.get(asyncio.current_task(), [])
+    entry = next((entry for entry in reversed(inside) if entry.own), None)
+    if entry is None:
         raise RuntimeError(f"__aexit__ on {self!r} without __aenter__ in this task")
-    context = inside.pop().context
-    if not inside:
-        del self._entered[task]
-    return await context.__aexit__(*exc_info)
+    return await _leave(self, entry, exc_info)
 
+
+class _Made:
+    """The context manager a contexts= method returns, made on the thread that enters it."""
+
+    __slots__ = ("call", "manager", "what")
+
+    def __init__(self, what: str, call: Callable[[], Any]) -> None:
+        self.what = what
+        self.call = call
+        self.manager: Any = None
+
+    def __repr__(self) -> str:
+        return f"<the context manager of {self.what}>"
+
+    def __enter__(self) -> Any:
+        manager = self.call()
+        kind = type(manager)
+        if not (hasattr(kind, "__enter__") and hasattr(kind, "__exit__")):
+            raise TypeError(
+                f"{self.what} returned {manager!r}, which is not a context manager; "
+                "declare the method in run= or sync="
+            )
+        self.manager = manager
+        return manager.__enter__()
+
+    def __exit__(self, *exc_info: object) -> Any:
+        return self.manager.__exit__(*exc_info)
+
+
+class _Block(AbstractAsyncContextManager[Any]):
+    """What a contexts= method returns: one ``async with`` over the manager the method makes."""
+
+    def __init__(self, parent: Facade[Any], name: str, args: Any, kwargs: Any, target: Any) -> None:
+        what = f"{type(parent).__qualname__}.{name}()"
+        self._parent = parent
+        self._target = target
+        call = functools.partial(_call_for_block, parent.__wrapped__, name, args, kwargs)
+        self._manager = _Made(what, call)
+        self._inside: _Inside | None = None
+        self._used = False
+
+    def __repr__(self) -> str:
+        return f"<async context of {self._manager.what}>"
+
+    async def __aenter__(self) -> Any:
+        if self._used:
+            raise RuntimeError(
+                f"{self._manager.what} was entered already; call it again for each async with"
+            )
+        self._used = True
+        parent, target = self._parent, self._target
+        value, self._inside = await _enter(
+            parent, self._manager, lambda v: _rewrap(parent, v, target), own=False
+        )
+        return value
+
+    async def __aexit__(self, *exc_info: object) -> bool:
+        inside, self._inside = self._inside, None
+        if inside is None:
+            raise RuntimeError(f"__aexit__ on {self!r} without __aenter__")
+        return await _leave(self._parent, inside, exc_info)
+
+
+def _call_for_block(wrapped: Any, name: str, args: Any, kwargs: Any) -> Any:
+    return getattr(wrapped, name)(*args, **kwargs)
+
+
+# -- facade() ----------------------------------------------------------------------
 
 _cache: dict[tuple[Any, ...], type[Facade[Any]]] = {}
 _cache_lock = threading.Lock()
@@ -402,7 +749,11 @@ def facade(
     executor: ExecutorSpec = "default",
     run: Iterable[str] = (),
     sync: Iterable[str] = (),
-    wrap: Mapping[str, type[Facade[Any]]] | None = None,
+    iterate: Iterable[str] = (),
+    contexts: Iterable[str] = (),
+    attrs: Iterable[str] = (),
+    omit: Iterable[str] = (),
+    wrap: WrapSpec | None = None,
     prefetch: int = PREFETCH,
     on_cancel: str | Callable[[S], object] | None = None,
     name: str | None = None,
@@ -427,6 +778,29 @@ def facade(
         >>> asyncio.run(main())
         (b'hello', False)
 
+        A pattern takes every name of its shape: here ``run=["*"]`` is every
+        plain method (``walk``, a generator, is for ``iterate=``). A result of
+        the facade's own sync class comes back as a facade too.
+
+        >>> class Node:
+        ...     def __init__(self, name, children=()):
+        ...         self.name, self.children = name, list(children)
+        ...     def child(self, index):
+        ...         return self.children[index]
+        ...     def walk(self):
+        ...         yield self.name
+        ...         for child in self.children:
+        ...             yield from child.walk()
+        >>> AsyncNode = offload.facade(
+        ...     Node, executor="io", run=["*"], iterate=["walk"], attrs=["name"]
+        ... )
+        >>> async def main():
+        ...     root = AsyncNode(Node("root", [Node("leaf")]))
+        ...     leaf = await root.child(0)
+        ...     return type(leaf).__name__, leaf.name, [name async for name in root.walk()]
+        >>> asyncio.run(main())
+        ('AsyncNode', 'leaf', ['root', 'leaf'])
+
         ``on_cancel`` makes a given-up call return: here a query past its
         deadline is interrupted, and the connection's thread is free at once.
 
@@ -450,13 +824,26 @@ def facade(
         >>> asyncio.run(main())
         (42,)
     """
-    run, sync, wrap = tuple(run), tuple(sync), dict(wrap or {})
+    lists = {
+        "run": tuple(run),
+        "sync": tuple(sync),
+        "iterate": tuple(iterate),
+        "contexts": tuple(contexts),
+        "attrs": tuple(attrs),
+        "omit": tuple(omit),
+    }
+    wrap_key: Any = None
+    if isinstance(wrap, Mapping):
+        wrap = dict(wrap)
+        wrap_key = ("by method", tuple(sorted(wrap.items(), key=repr)))
+    elif wrap is not None and not isinstance(wrap, str):
+        wrap = tuple(wrap)
+        wrap_key = ("by type", frozenset(wrap))
     key = (
         wraps,
         executor,
-        tuple(sorted(run)),
-        tuple(sorted(sync)),
-        tuple(sorted(wrap.items())),
+        *(tuple(sorted(names, key=repr)) for names in lists.values()),
+        wrap_key,
         prefetch,
         on_cancel,
         name,
@@ -465,13 +852,7 @@ def facade(
         made = _cache.get(key)
         if made is None:
             module = sys._getframe(1).f_globals.get("__name__", __name__)
-            keywords = {
-                "wraps": wraps,
-                "executor": executor,
-                "run": run,
-                "sync": sync,
-                "wrap": wrap,
-            }
+            keywords = {"wraps": wraps, "executor": executor, **lists, "wrap": wrap}
             made = types.new_class(
                 name or f"Async{wraps.__name__}",
                 (Facade,),
@@ -480,45 +861,3 @@ def facade(
             )
             _cache[key] = made
     return made
-
-
-def assert_parity(facade_class: type[Facade[Any]], *, ignore: Iterable[str] = ()) -> None:
-    """Assert that a facade offers every public attribute of its sync class.
-
-    For use in a driver's own tests, so that a method added to the sync class
-    cannot be forgotten in the facade. ``__iter__`` and ``__enter__`` count as
-    offered when the facade has ``__aiter__`` and ``__aenter__``. Names in
-    ``ignore`` are left out on purpose; a name there that the sync class lacks
-    fails too, so the list stays honest.
-
-    Examples:
-        >>> import offload
-        >>> class Store:
-        ...     def get(self, key): ...
-        ...     def put(self, key, value): ...
-        ...     def keys(self): ...
-        >>> offload.assert_parity(offload.facade(Store, run=["get", "put"]))
-        Traceback (most recent call last):
-        AssertionError: AsyncStore lacks 1 attribute(s) of Store: 'keys'; list them in
-        run= or sync=, or in ignore= if left out on purpose
-        >>> offload.assert_parity(offload.facade(Store, run=["get", "put"], sync=["keys"]))
-    """
-    wraps = facade_class._offload_wraps
-    ignored = set(ignore)
-    stale = sorted(name for name in ignored if not hasattr(wraps, name))
-    if stale:
-        raise AssertionError(f"ignore= lists {stale}, which {wraps.__qualname__} does not have")
-    wanted = [name for name in dir(wraps) if not name.startswith("_")]
-    wanted += [name for name in PROTOCOL if _defines(wraps, name)]
-    missing = [
-        name
-        for name in wanted
-        if name not in ignored and not hasattr(facade_class, PROTOCOL.get(name, name))
-    ]
-    if missing:
-        listing = ", ".join(repr(name) for name in missing)
-        raise AssertionError(
-            f"{facade_class.__qualname__} lacks {len(missing)} attribute(s) of "
-            f"{wraps.__qualname__}: {listing}; list them in run= or sync=, or in ignore= "
-            "if left out on purpose"
-        )
