@@ -35,6 +35,7 @@ from tornado.netutil import bind_sockets
 if not __package__:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import offload
 from examples.pg_driver import AsyncConnection, Pool, open_pool
 
 SCHEMA = [
@@ -124,35 +125,51 @@ class AccountsHandler(Handler):
         self.send({"id": account_id}, status=201)
 
 
+class NoSuchAccountError(LookupError):
+    """A transfer named an account that does not exist."""
+
+
+def transfer(
+    conn: psycopg.Connection[Any], source: int, target: int, amount: int
+) -> dict[str, int]:
+    """Move ``amount`` in one transaction; the balances after it. Plain sync psycopg code."""
+    with conn.transaction():
+        # Lock both rows in id order, so that opposite transfers cannot deadlock.
+        locked = conn.execute(
+            "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            ([source, target],),
+        ).fetchall()
+        if len(locked) != len({source, target}):
+            raise NoSuchAccountError
+        update = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
+        conn.execute(update, (-amount, source))  # below zero: CHECK fails, rollback
+        conn.execute(update, (amount, target))
+        conn.execute(
+            "INSERT INTO transfers (source, target, amount) VALUES (%s, %s, %s)",
+            (source, target, amount),
+        )
+        rows = conn.execute(
+            "SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id",
+            ([source, target],),
+        ).fetchall()
+    return {str(i): balance for i, balance in rows}
+
+
 class TransfersHandler(Handler):
     """POST moves money in one transaction; GET streams the ledger from a server-side cursor."""
 
     async def post(self) -> None:
-        transfer = self.body_json()
-        source, target = whole(transfer, "from"), whole(transfer, "to")
-        amount = whole(transfer, "amount")
+        """The whole transaction is one hop to the connection's thread (``offload.within``)."""
+        body = self.body_json()
+        source, target = whole(body, "from"), whole(body, "to")
+        amount = whole(body, "amount")
         if source == target:
             raise tornado.web.HTTPError(400, reason="'from' and 'to' must differ")
-        async with self.connection() as conn, conn.transaction():
-            # Lock both rows in id order, so that opposite transfers cannot deadlock.
-            cursor = await conn.execute(
-                "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                ([source, target],),
-            )
-            if len(await cursor.fetchall()) != len({source, target}):
-                raise tornado.web.HTTPError(404, reason="no such account")
-            update = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
-            await conn.execute(update, (-amount, source))  # below zero: CHECK fails, rollback
-            await conn.execute(update, (amount, target))
-            await conn.execute(
-                "INSERT INTO transfers (source, target, amount) VALUES (%s, %s, %s)",
-                (source, target, amount),
-            )
-            cursor = await conn.execute(
-                "SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id",
-                ([source, target],),
-            )
-            balances = {str(i): balance for i, balance in await cursor.fetchall()}
+        async with self.connection() as conn:
+            try:
+                balances = await offload.within(conn, transfer, source, target, amount)
+            except NoSuchAccountError:
+                raise tornado.web.HTTPError(404, reason="no such account") from None
         self.send({"balances": balances}, status=201)
 
     async def get(self) -> None:
