@@ -3,8 +3,10 @@
 Each promise is held against every kind of executor offload runs calls on, reached in each
 way a call reaches one: passed directly ("unnamed"), through a registered name ("named"),
 and through a name bounded to one pending call ("bounded"), each with and without a
-``timeout=``. Workers are held and released with files, which threads, worker processes and
-cluster workers all see, so one body serves every kind. Only offload's public API is used.
+``timeout=``; on the "lane" kind, calls through the name go through a lane handle of it
+(``registry.lane(name)``). Workers are held and released with files, which threads, worker
+processes and cluster workers all see, so one body serves every kind. Only offload's public
+API is used.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ LONG = 60.0
 SHUTDOWN_TIMEOUT = 0.2
 MARGIN = 2.0
 
-THREAD_KINDS = ("threadpool", "stdlib-threads", "affine", "foreign")
+THREAD_KINDS = ("threadpool", "stdlib-threads", "affine", "lanes", "lane", "foreign")
 OFFLOAD_PROCESS_KINDS = ("processpool-fork", "processpool-spawn", "processpool-forkserver")
 STDLIB_PROCESS_KINDS = ("stdlib-processes-spawn", "stdlib-processes-forkserver")
 PROCESS_KINDS = OFFLOAD_PROCESS_KINDS + STDLIB_PROCESS_KINDS
@@ -80,11 +82,13 @@ KINDS = (
     *OFFLOAD_PROCESS_KINDS,
     *STDLIB_PROCESS_KINDS,
     "affine",
+    "lanes",
+    "lane",
     "dask",
     "foreign",
 )
 #: How many calls each kind runs at once.
-WORKERS = {kind: 1 if kind == "affine" else 2 for kind in KINDS}
+WORKERS = {kind: 1 if kind in ("affine", "lane") else 2 for kind in KINDS}
 
 MODES = ("unnamed", "named", "bounded", "unnamed+timeout", "named+timeout", "bounded+timeout")
 NAMING = ("unnamed", "named", "bounded")
@@ -147,6 +151,10 @@ class Pools:
             return ProcessPoolExecutor(2, mp_context=context)
         if kind == "affine":
             return offload.AffineThread(name=tag)
+        if kind == "lanes":
+            return offload.Lanes(2, name=tag)
+        if kind == "lane":  # its calls go through a lane handle of the name (Case.spec)
+            return offload.Lanes(1, name=tag)
         if kind == "dask":
             return offload.DaskExecutor(self.client())
         assert kind == "foreign", kind
@@ -170,7 +178,12 @@ class Pools:
         if isinstance(executor, offload.DaskExecutor):
             return _meet_on_cluster(executor.client, folder)
         count = WORKERS[kind]
-        futures = [executor.submit(pt.meet, folder, i, count) for i in range(count)]
+        if isinstance(executor, offload.Lanes):  # one call on each lane, whatever each holds
+            futures = [
+                lane.submit(pt.meet, folder, i, count) for i, lane in enumerate(executor.threads)
+            ]
+        else:
+            futures = [executor.submit(pt.meet, folder, i, count) for i in range(count)]
         _, not_done = wait_all(futures, timeout=SOON + MARGIN)
         if not_done:
             raise TimeoutError(f"{executor!r}: not every worker took a call")
@@ -336,6 +349,17 @@ class Case:
             self.registry.register(NAME, executor, max_pending=1, when_full="fail")
         self.release = folder / "release"
         self._gates = [self.release]
+        self._lanes: dict[str, offload.Lane] = {}
+
+    def spec(self, name: str = NAME) -> str | Executor:
+        """Where this case's calls go: the executor itself, the name, or a lane handle of it."""
+        if self.naming == "unnamed":
+            return self.executor
+        if self.kind == "lane":
+            if name not in self._lanes:
+                self._lanes[name] = self.registry.lane(name)
+            return self._lanes[name]
+        return name
 
     def gate(self, name: str) -> Path:
         """A file that releases held calls, touched at the end of the test at the latest."""
@@ -352,17 +376,15 @@ class Case:
         self, fn: Callable[P, R], *, timeout: float | None = None
     ) -> Callable[P, asyncio.Future[R]]:
         """``fn`` offloaded in this case's mode; ``timeout`` replaces the mode's own."""
-        spec: str | Executor = self.executor if self.naming == "unnamed" else NAME
-        return self.registry.offload(fn, executor=spec, timeout=timeout or self.timeout)
+        return self.registry.offload(fn, executor=self.spec(), timeout=timeout or self.timeout)
 
     def coroutine(
         self, fn: Callable[P, R], *, timeout: float | None = None
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         """``fn`` as a coroutine form with ``cancel="wait"``, in this case's mode."""
-        spec: str | Executor = self.executor if self.naming == "unnamed" else NAME
         return self.registry.offload(
             fn,
-            executor=spec,
+            executor=self.spec(),
             timeout=timeout or self.timeout,
             coroutine=True,
             cancel="wait",
@@ -773,7 +795,8 @@ async def test_registry_shutdown_returns_in_every_form_with_calls_running_and_wa
     """registry.shutdown returns on time, bounded or not, with calls running, queued and waiting."""
     case = fresh
     case.registry.register(BOUND, case.executor, max_pending=1, when_full="wait")
-    running = [case.registry.offload(pt.hold, executor=BOUND)(case.path("run0"), case.release)]
+    bound = case.spec(BOUND)
+    running = [case.registry.offload(pt.hold, executor=bound)(case.path("run0"), case.release)]
     running += [
         case.call(pt.hold)(case.path(f"run{i}"), case.release) for i in range(1, case.workers)
     ]
@@ -782,7 +805,7 @@ async def test_registry_shutdown_returns_in_every_form_with_calls_running_and_wa
     victims = {
         case.path(f"queued{i}"): case.call(pt.mark)(case.path(f"queued{i}")) for i in range(2)
     }
-    mark_bound = case.registry.offload(pt.mark, executor=BOUND)
+    mark_bound = case.registry.offload(pt.mark, executor=bound)
     victims |= {case.path(f"waiting{i}"): mark_bound(case.path(f"waiting{i}")) for i in range(2)}
 
     options = SHUTDOWNS[form]
@@ -865,16 +888,17 @@ async def test_replacing_the_executor_carries_waiting_calls_over_to_the_new_one(
     timeout = LONG if mode.endswith("+timeout") else None
     registry = offload.Registry()
     registry.register(NAME, lambda: old, max_pending=1, when_full="wait")
+    spec = registry.lane(NAME) if kind == "lane" else NAME
     release = tmp_path / "release"
     try:
-        held = [registry.offload(pt.hold, executor=NAME)(tmp_path / "held0", release)]
+        held = [registry.offload(pt.hold, executor=spec)(tmp_path / "held0", release)]
         held += [
             registry.offload(pt.hold, executor=old)(tmp_path / f"held{i}", release)
             for i in range(1, WORKERS[kind])
         ]
         case = Case(kind, "unnamed", old, tmp_path, pools)
         old_places = {await case.started(tmp_path / f"held{i}", f) for i, f in enumerate(held)}
-        locate = registry.offload(pt.where, executor=NAME, timeout=timeout)
+        locate = registry.offload(pt.where, executor=spec, timeout=timeout)
         waiting = [locate() for _ in range(2)]
         await turns()
         assert registry.stats()[NAME]["waiting"] == 2
@@ -1172,7 +1196,9 @@ async def test_classmethod_above_offload_on_a_process_pool_says_to_apply_offload
         await asyncio.wait_for(pt.Misordered.describe(2), SOON)
 
 
-@pytest.mark.parametrize(("kind", "mode"), [("affine", "bounded")])
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("affine", "bounded"), ("lanes", "bounded"), ("lane", "bounded")]
+)
 async def test_a_cancelled_call_still_running_on_an_affine_thread_keeps_its_slot(
     case: Case,
 ) -> None:

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 from ._affinity import AffineThread as AffineThread
 from ._affinity import DeadlockError as DeadlockError
 from ._api import get_executor as get_executor
+from ._api import lane as lane
 from ._api import offload as offload
 from ._api import register as register
 from ._api import shutdown as shutdown
@@ -42,6 +43,8 @@ from ._facade import Facade as Facade
 from ._facade import facade as facade
 from ._iterate import agenerator as agenerator
 from ._iterate import aiterate as aiterate
+from ._lanes import Lane as Lane
+from ._lanes import Lanes as Lanes
 from ._pool import ThreadPool as ThreadPool
 from ._process import ProcessPool as ProcessPool
 from ._registry import Registry as Registry
@@ -60,6 +63,8 @@ __all__ = (
     "ExecutorStats",
     "Facade",
     "InitializerError",
+    "Lane",
+    "Lanes",
     "NotPicklableError",
     "Offloader",
     "OverloadedError",
@@ -78,6 +83,7 @@ __all__ = (
     "check_cancelled",
     "facade",
     "get_executor",
+    "lane",
     "offload",
     "register",
     "run_on_executor",

@@ -1,4 +1,4 @@
-"""A thread-affine executor: every job on one dedicated thread.
+"""Thread-affine executors: every job on one thread, in order.
 
 Some objects must only be used on the thread that made them: sqlite3
 connections refuse other threads, and many C drivers keep per-thread state.
@@ -11,6 +11,14 @@ returns. The Futures it hands out therefore know their thread: asking for an
 unfinished Future's result on that thread raises ``DeadlockError`` at once.
 Submitting from the thread is allowed (the job simply queues); only waiting is
 refused.
+
+The queue holds what ``ThreadPool``'s holds: tuples whose first item runs the
+job and whose second reports that it never will, each taking the whole tuple.
+So an offloaded call's record goes on the queue as it is (``_put``, the send of
+the ``OwnThread`` kind), with no concurrent Future and no holder per call, and
+``submit`` queues its own jobs beside the calls. A put takes the executor's
+lock, which orders it against the shutdown: every job is queued before the stop
+signal or refused, so none is left behind on a queue nobody serves.
 """
 
 from __future__ import annotations
@@ -22,15 +30,16 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
+from ._call import fail_unstarted, run
 from ._errors import ExecutorShutdownError
+from ._pool import Job, abandon_submitted, fail_running, run_submitted
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _numbers = itertools.count()
-_Job = tuple["_AffineFuture[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class DeadlockError(RuntimeError):
@@ -59,14 +68,15 @@ class DeadlockError(RuntimeError):
 class _AffineFuture(ConcurrentFuture[T]):
     """A Future that refuses to be waited for from the thread that must run it."""
 
-    def __init__(self, thread: threading.Thread) -> None:
+    def __init__(self, thread: threading.Thread | None) -> None:
         super().__init__()
         self._thread = thread
 
     def _refuse_wait_from_own_thread(self) -> None:
-        if threading.current_thread() is self._thread and not self.done():
+        thread = self._thread
+        if thread is not None and threading.current_thread() is thread and not self.done():
             raise DeadlockError(
-                f"a job on the thread {self._thread.name!r} waited for another job queued "
+                f"a job on the thread {thread.name!r} waited for another job queued "
                 "on that same thread, which cannot start until the waiting job returns; "
                 "call the function directly instead of submitting it"
             )
@@ -80,32 +90,132 @@ class _AffineFuture(ConcurrentFuture[T]):
         return super().exception(timeout)
 
 
-def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+class _Line:
+    """What a one-thread executor shares with its thread, which must not hold the executor."""
+
+    __slots__ = ("current", "done", "jobs", "queued")
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        #: Jobs queued so far, written under the executor's lock.
+        self.queued = 0
+        #: Jobs the thread has run so far, and the one it runs now: written by that thread only.
+        self.done = 0
+        self.current: Job | None = None
+
+
+def _serve(line: _Line) -> None:
+    """Run the line's jobs, in order, until the stop signal."""
+    get = line.jobs.get
     while True:
-        job = jobs.get()
+        job = get()
         if job is None:
             return
-        future, fn, args, kwargs = job
+        line.current = job
+        job[0](job)
+        line.current = job = None
+        line.done += 1
+
+
+class _OneThread(Executor):
+    """What ``AffineThread`` and ``HeldThread`` share: one line of jobs, one thread serving it."""
+
+    _thread: threading.Thread | None
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._line = _Line()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _refusal(self) -> str:
+        raise NotImplementedError
+
+    def _ready(self) -> None:
+        """With the lock held, before a job is queued: the thread is there to serve it."""
+
+    def _put(self, job: Job) -> None:
+        """Queue a job: ``job[0](job)`` runs it; the fast path for offloaded calls."""
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError(self._refusal())
+            self._ready()
+            line = self._line
+            line.jobs.put(job)
+            line.queued += 1
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ConcurrentFuture[T]:
+        """Queue ``fn(*args, **kwargs)`` for the thread; return its Future."""
+        future: _AffineFuture[T] = _AffineFuture(self._thread)
+        self._put((run_submitted, abandon_submitted, future, fn, args, kwargs))
+        return future
+
+    def _close(self, cancel_futures: bool) -> list[Job]:
+        """Take no more jobs and queue the stop signal; the jobs dropped, if cancelling."""
+        dropped: list[Job] = []
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if cancel_futures:
+                    dropped = self._take_queued()
+                self._line.jobs.put(None)
+        return dropped
+
+    def _take_queued(self) -> list[Job]:
+        """Empty the queue (with the lock held): the jobs in it, stop signals left out."""
+        jobs: list[Job] = []
+        while True:
+            try:
+                job = self._line.jobs.get(block=False)
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def _give_up(self, error: Callable[[], BaseException]) -> None:
+        """After a shutdown that timed out: fail every call still queued or running.
+
+        Offloaded calls fail with ``error()``; the thread cannot be stopped, so a
+        running call runs on, holding its slot, and its outcome is dropped. Jobs
+        from ``submit`` that have not started are cancelled.
+        """
+        with self._lock:
+            queued = self._take_queued()
+            self._line.jobs.put(None)  # the stop signal, taken out with the rest
+        for job in queued:
+            if job[0] is run:
+                fail_unstarted(job, error())
+            else:
+                job[1](job)
+        running = self._line.current
+        if running is not None and running[0] is run:
+            fail_running(running, error())
+
+
+def end_dropped(dropped: list[Job]) -> None:
+    """End dropped jobs unrun, oldest first, each let go of as it ends.
+
+    Outside the executor's lock: ending a call gives back its slot, which may
+    hand a waiting call to this very executor (which then refuses it).
+    """
+    dropped.reverse()
+    while dropped:
+        job = dropped.pop()
+        job[1](job)
         del job
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            future.set_exception(exc)
-            del exc  # the traceback holds this frame: do not keep it in a cycle
-        else:
-            future.set_result(result)
-        del future, fn, args, kwargs
 
 
-class AffineThread(Executor):
+class AffineThread(_OneThread):
     """An executor that runs every job, in order, on one dedicated thread.
 
     Use it for objects that must stay on the thread that created them. Make one
     per process and register it under a name, or one per connection and pass it
     as the ``executor`` of that connection's calls: each instance has a thread
-    of its own, started on the first job and named after the executor.
+    of its own, started on the first job and named after the executor. To have
+    per-connection threads counted and bounded under a name, register
+    [`Lanes`][offload.Lanes] and give each connection a [`lane`][offload.lane].
 
     A job that waits for another job on the same thread (``submit(...).result()``
     from inside a job) raises ``DeadlockError`` instead of hanging. Waiting
@@ -129,16 +239,16 @@ class AffineThread(Executor):
         >>> db_thread.shutdown()
     """
 
+    _thread: threading.Thread
+
     def __init__(self, name: str | None = None) -> None:
-        self._name = name or f"offload-affine{next(_numbers)}"
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        super().__init__(name or f"offload-affine{next(_numbers)}")
         self._thread = threading.Thread(
-            target=_serve, args=(self._jobs,), name=self._name, daemon=True
+            target=_serve, args=(self._line,), name=self._name, daemon=True
         )
-        self._lock = threading.Lock()
-        self._closed = False
-        # The thread holds the queue, not the executor: dropping it ends the thread.
-        weakref.finalize(self, self._jobs.put, None)
+        self._started = False
+        # The thread holds its line, not the executor: dropping it ends the thread.
+        weakref.finalize(self, self._line.jobs.put, None)
 
     @property
     def name(self) -> str:
@@ -164,18 +274,13 @@ class AffineThread(Executor):
         """
         return threading.current_thread() is self._thread
 
-    def submit(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> ConcurrentFuture[T]:
-        """Queue ``fn(*args, **kwargs)`` for the thread; return its Future."""
-        future: _AffineFuture[T] = _AffineFuture(self._thread)
-        with self._lock:
-            if self._closed:
-                raise ExecutorShutdownError(f"the affine thread {self._name!r} was shut down")
-            if self._thread.ident is None:
-                self._thread.start()
-            self._jobs.put((future, fn, args, kwargs))
-        return future
+    def _refusal(self) -> str:
+        return f"the affine thread {self._name!r} was shut down"
+
+    def _ready(self) -> None:
+        if not self._started:
+            self._thread.start()  # if the OS refuses a thread, the job is refused
+            self._started = True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking jobs; optionally cancel the queued ones; optionally wait.
@@ -183,34 +288,19 @@ class AffineThread(Executor):
         Queued jobs still run unless ``cancel_futures`` is true. Waiting is
         skipped when called from the executor's own thread.
         """
-        dropped: list[_Job] = []
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                if cancel_futures:
-                    dropped = self._take_queued()
-                self._jobs.put(None)
-            started = self._thread.ident is not None
-        # Outside the lock: a dropped job may give back a slot that hands a
-        # waiting call to this very executor (which then refuses it).
-        dropped.reverse()
-        while dropped:  # each job dropped as it is cancelled, oldest first
-            dropped.pop()[0].cancel()
-        if wait and started and not self.is_current():
-            self._thread.join()
+        end_dropped(self._close(cancel_futures))
+        if wait:
+            self._join()
 
-    def _take_queued(self) -> list[_Job]:
-        jobs: list[_Job] = []
-        while True:
-            try:
-                job = self._jobs.get(block=False)
-            except queue.Empty:
-                return jobs
-            if job is not None:
-                jobs.append(job)
+    def _join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread of a shut-down executor; true if it has ended."""
+        if self._started and not self.is_current():
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
 
-class HeldThread(Executor):
+class HeldThread(_OneThread):
     """A thread borrowed from a pool: what is submitted runs on it, in order, while it is lent.
 
     A job on the pool calls ``serve``, which runs the submitted jobs on that
@@ -222,38 +312,24 @@ class HeldThread(Executor):
     """
 
     def __init__(self, name: str) -> None:
-        self._name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        super().__init__(name)
+        self._thread = None
 
     def __repr__(self) -> str:
         where = "not yet lent" if self._thread is None else f"on {self._thread.name!r}"
         return f"<offload held thread for {self._name} {where}>"
 
+    def _refusal(self) -> str:
+        return f"the thread held for {self._name} was given back"
+
     def serve(self) -> None:
         """On the borrowed thread: run submitted jobs until ``close``."""
         self._thread = threading.current_thread()
-        _serve(self._jobs)
-
-    def submit(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> ConcurrentFuture[T]:
-        """Queue ``fn(*args, **kwargs)`` for the held thread; return its Future."""
-        future: _AffineFuture[T] = _AffineFuture(self._thread)  # type: ignore[arg-type]
-        with self._lock:
-            if self._closed:
-                raise ExecutorShutdownError(f"the thread held for {self._name} was given back")
-            self._jobs.put((future, fn, args, kwargs))
-        return future
+        _serve(self._line)
 
     def close(self) -> None:
         """Let ``serve`` return once the jobs queued so far have run."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._jobs.put(None)
+        self._close(cancel_futures=False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: ARG002
         """Close: the jobs queued so far run, then the thread goes back to its pool.
@@ -262,3 +338,7 @@ class HeldThread(Executor):
         thread waits for its own job.
         """
         self.close()
+
+    def _join(self, timeout: float | None = None) -> bool:  # noqa: ARG002
+        """Nothing to wait for: the context that holds the thread waits for its own job."""
+        return True

@@ -8,6 +8,7 @@ from concurrent.futures import Executor
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ._decorator import Cancel, CoroutineOffloader, ExecutorSpec, Offloader, decorate
+from ._lanes import Lane
 from ._registry import ExecutorOrFactory, Registry
 from ._stats import ExecutorStats, WhenFull
 
@@ -220,6 +221,33 @@ def register(
         when_full=when_full,
         warn_after=warn_after,
     )
+
+
+def lane(name: str) -> Lane:
+    """A handle on one lane of ``name`` in the shared registry, for one connection's calls.
+
+    Register a [`Lanes`][offload.Lanes] under the name, and give each
+    connection a handle: pass it as the ``executor`` of the connection's
+    calls (``offload``, ``aiterate``, ``acontext``, a facade's ``executor=``).
+    They run on one thread, the handle's lane, and count and are bounded as
+    the name's calls. See [`Registry.lane`][offload.Registry.lane] and
+    [`Lane`][offload.Lane].
+
+    Examples:
+        >>> import asyncio, threading, offload
+        >>> offload.register(
+        ...     "mydriver.lanes", lambda: offload.Lanes(4, name="mydriver"), default=True
+        ... )
+        >>> conn_lane = offload.lane("mydriver.lanes")
+        >>> where = offload.offload(lambda: threading.current_thread().name, executor=conn_lane)
+        >>> async def main():
+        ...     return {await where() for _ in range(3)}
+        >>> asyncio.run(main()) == {conn_lane.get_executor().name}
+        True
+        >>> offload.stats()["mydriver.lanes"]["completed"]
+        3
+    """
+    return default_registry.lane(name)
 
 
 def stats() -> dict[str, ExecutorStats]:

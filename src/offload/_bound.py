@@ -117,9 +117,15 @@ class Bound:
                 return
 
     def _hand_over(self, call: Call) -> bool:
-        """Send an admitted call on the name's route as it is now; false if that failed."""
+        """Send an admitted call on the name's route as it is now; false if that failed.
+
+        A lane handle's call goes to the handle's lane of that route.
+        """
         try:
             route = self.route_now()
+            lane = call[ROUTE].lane
+            if lane is not None:
+                route = route.to_lane(lane)
             route.send_admitted(call)
         except BaseException as exc:  # shut down, or its factory failed: the call fails
             fail_unstarted((*call[:HOLDS], False), exc)

@@ -15,6 +15,7 @@ import wrapt
 
 from ._errors import no_running_loop
 from ._kinds import kind_of
+from ._lanes import Lane
 from ._pickling import local_function_error
 from ._route import Route
 from ._timeouts import check_timeout
@@ -27,7 +28,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-#: Where an offloaded call runs: a registered name, or an Executor used as is.
+#: Where an offloaded call runs: a registered name, or an Executor used as is (a lane
+#: handle, ``offload.lane(name)``, is an Executor whose calls go through its name).
 ExecutorSpec = Union[str, Executor]
 
 _get_running_loop = asyncio._get_running_loop
@@ -168,41 +170,73 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
     _check_target(fn)
     _check_travels(registry, fn, spec)
     if isinstance(spec, str):
-        # Looked up at every call, so an application can re-point the name.
-        entries, name = registry._entries, spec
-
-        def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
-            loop = _get_running_loop()
-            if loop is None:
-                raise no_running_loop(wrapped)
-            if instance is not None and type(wrapped) is _ClassCall:
-                # Class.method(instance, ...): a bound method, as instance.method(...)
-                # gives, so a process pool can send the instance with the call.
-                wrapped = MethodType(wrapped.__wrapped__, instance)
-            entry = entries.get(name)
-            route = None if entry is None else entry.route
-            if route is None:
-                route = registry._route(name)  # first use, or an unknown name
-            return route.call(loop, wrapped, args, kwargs, timeout)
-
+        run_offloaded = _through_name(registry, spec, timeout)
+    elif isinstance(spec, Lane):
+        run_offloaded = _through_lane(spec, timeout)
     else:
-        route = Route(spec)  # no name, so no statistics or bound
-
-        def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
-            loop = _get_running_loop()
-            if loop is None:
-                raise no_running_loop(wrapped)
-            if instance is not None and type(wrapped) is _ClassCall:
-                wrapped = MethodType(wrapped.__wrapped__, instance)
-            return route.call(loop, wrapped, args, kwargs, timeout)
-
+        run_offloaded = _to_executor(spec, timeout)
     return OffloadedFunction(fn, run_offloaded)
+
+
+_Runner = Callable[[Any, Any, Any, Any], "Future[Any]"]
+
+
+def _through_name(registry: Registry, name: str, timeout: float | None) -> _Runner:
+    # Looked up at every call, so an application can re-point the name.
+    entries = registry._entries
+
+    def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        loop = _get_running_loop()
+        if loop is None:
+            raise no_running_loop(wrapped)
+        if instance is not None and type(wrapped) is _ClassCall:
+            # Class.method(instance, ...): a bound method, as instance.method(...)
+            # gives, so a process pool can send the instance with the call.
+            wrapped = MethodType(wrapped.__wrapped__, instance)
+        entry = entries.get(name)
+        route = None if entry is None else entry.route
+        if route is None:
+            route = registry._route(name)  # first use, or an unknown name
+        return route.call(loop, wrapped, args, kwargs, timeout)
+
+    return run_offloaded
+
+
+def _through_lane(lane: Lane, timeout: float | None) -> _Runner:
+    # The name's route, pinned to the handle's lane: looked up at every call too.
+    route_now = lane._route_now
+
+    def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        loop = _get_running_loop()
+        if loop is None:
+            raise no_running_loop(wrapped)
+        if instance is not None and type(wrapped) is _ClassCall:
+            wrapped = MethodType(wrapped.__wrapped__, instance)
+        return route_now().call(loop, wrapped, args, kwargs, timeout)
+
+    return run_offloaded
+
+
+def _to_executor(executor: Executor, timeout: float | None) -> _Runner:
+    route = Route(executor)  # no name, so no statistics or bound
+
+    def run_offloaded(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Future[Any]:
+        loop = _get_running_loop()
+        if loop is None:
+            raise no_running_loop(wrapped)
+        if instance is not None and type(wrapped) is _ClassCall:
+            wrapped = MethodType(wrapped.__wrapped__, instance)
+        return route.call(loop, wrapped, args, kwargs, timeout)
+
+    return run_offloaded
 
 
 def _route_now(registry: Registry, spec: ExecutorSpec) -> Callable[[], Route]:
     """The route a call made now takes: a name's current one, or the executor's own."""
     if isinstance(spec, str):
         return functools.partial(registry._route, spec)
+    if isinstance(spec, Lane):
+        return spec._route_now
     route = Route(spec)
     return lambda: route
 
@@ -213,6 +247,10 @@ def _check_travels(registry: Registry, fn: Any, spec: ExecutorSpec) -> None:
         if not registry._sends_by_pickle(spec):
             return
         where = f"the process pool named {spec!r}"
+    elif isinstance(spec, Lane):
+        if not spec._registry._sends_by_pickle(spec.name):
+            return
+        where = f"the process pool named {spec.name!r}"
     elif kind_of(spec).pickles:
         where = repr(spec)
     else:

@@ -44,6 +44,7 @@ from ._api import default_registry
 from ._decorator import ExecutorSpec, check_spec
 from ._errors import ExecutorShutdownError, no_running_loop
 from ._interrupt import Interrupt, Interrupting, check_interrupt
+from ._lanes import Lane
 from ._route import Route, route_to
 
 P = ParamSpec("P")
@@ -57,11 +58,13 @@ _END: Any = object()
 
 
 def resolve(spec: ExecutorSpec) -> Executor:
-    """The executor a name or Executor stands for, looked up now.
+    """The executor a name or Executor stands for, looked up now (a lane handle's lane).
 
     An iterator's producer, like the job a context holds a thread with, is one
     long job, so it is not counted as calls and takes no ``max_pending`` slot.
     """
+    if isinstance(spec, Lane):
+        return spec.get_executor()
     return spec if isinstance(spec, Executor) else default_registry.get_executor(spec)
 
 

@@ -19,10 +19,11 @@ import contextlib
 import functools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, ThreadPoolExecutor
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from ._affinity import AffineThread, HeldThread
 from ._call import (
@@ -43,6 +44,7 @@ from ._call import (
 from ._dask import DaskExecutor
 from ._delivery import CANCELLED, settable
 from ._errors import NotPicklableError, WorkerDiedError, describe_exit
+from ._lanes import Lanes
 from ._pickling import RemoteJob, pack_call, run_shipment, ship, ship_target, unpack_reply
 from ._pool import ThreadPool
 from ._process import ProcessPool
@@ -76,6 +78,9 @@ class Kind:
     #: ends it unrun: offload cannot take a call out of these executors' queues.
     #: Other kinds end a given-up queued call at once themselves.
     ends_unstarted_in_run: ClassVar[bool] = False
+    #: The one-thread executors a lane handle's calls are pinned to, by lane
+    #: (a ``Lanes``'s threads); empty for executors that have no lanes.
+    lanes: tuple[Executor, ...] = ()
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -115,8 +120,20 @@ class Kind:
         """After a shutdown that timed out: fail what still runs, where the kind can."""
 
 
-class OwnThreads(Kind):
-    """offload's [`ThreadPool`][offload.ThreadPool]: the call tuple goes straight on its queue."""
+class _Queues(Protocol):
+    """What offload's own thread executors offer their kinds."""
+
+    def _put(self, job: Call) -> None: ...
+    def _join(self, timeout: float | None = None) -> bool: ...
+    def _give_up(self, error: Callable[[], BaseException]) -> None: ...
+
+
+class _OwnQueue(Kind):
+    """offload's own thread executors: the call tuple goes straight on a thread's queue.
+
+    ``send`` *is* the executor's ``_put``; a given-up call stays queued until
+    its thread takes it and ``_call.run`` ends it unrun.
+    """
 
     times_every_call = False
     hand_over_inline = True
@@ -125,11 +142,25 @@ class OwnThreads(Kind):
         "a thread cannot be killed, so the call runs on; offload.cancelled() lets a long "
         "loop in it stop early"
     )
-    executor: ThreadPool
+    executor: _Queues  # type: ignore[assignment]  # and an Executor
 
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor)
         self.send = self.executor._put  # type: ignore[method-assign,assignment]
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the executor's threads; true if they ended in time."""
+        return self.executor._join(timeout)
+
+    def give_up(self, error: Any) -> None:
+        """Fail the calls still queued or running; a running thread runs on."""
+        self.executor._give_up(error)
+
+
+class OwnThreads(_OwnQueue):
+    """offload's [`ThreadPool`][offload.ThreadPool]."""
+
+    executor: ThreadPool
 
     def named(self, stats: Stats) -> None:
         """A name's route uses the pool: its ``submit`` jobs count there, if no other name's do."""
@@ -141,21 +172,40 @@ class OwnThreads(Kind):
         """Whether ``executor`` is of this kind."""
         return isinstance(executor, ThreadPool)
 
-    def join(self, timeout: float | None) -> bool:
-        """Wait for the pool's threads or processes; true if they ended in time."""
-        return self.executor._join(timeout)
 
-    def give_up(self, error: Any) -> None:
-        """Fail the calls still queued or running; a running thread runs on."""
-        self.executor._give_up(error)
+class OwnThread(_OwnQueue):
+    """offload's one-thread executors.
+
+    An [`AffineThread`][offload.AffineThread] (a lane of a ``Lanes`` is one), or
+    the thread a context holds for its block (``HeldThread``).
+    """
+
+    @staticmethod
+    def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
+        return isinstance(executor, (AffineThread, HeldThread))
+
+
+class OwnLanes(_OwnQueue):
+    """A [`Lanes`][offload.Lanes]: a call through its name goes on its least loaded lane.
+
+    A lane handle's calls go to the handle's lane, of the ``OwnThread`` kind.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor)
+        self.lanes = cast("Lanes", executor).threads
+
+    @staticmethod
+    def accepts(executor: Executor) -> bool:
+        """Whether ``executor`` is of this kind."""
+        return isinstance(executor, Lanes)
 
 
 class Threads(Kind):
-    """Executors that run calls on threads of this process.
+    """A standard ``ThreadPoolExecutor``, which runs calls on threads of this process.
 
-    A stdlib ``ThreadPoolExecutor``, an [`AffineThread`][offload.AffineThread], the
-    thread a context holds for its block (``HeldThread``). The call travels in a
-    ``Held``: if the pool drops it unrun, it ends as never run.
+    The call travels in a ``Held``: if the pool drops it unrun, it ends as never run.
     """
 
     times_every_call = False
@@ -165,7 +215,7 @@ class Threads(Kind):
     @staticmethod
     def accepts(executor: Executor) -> bool:
         """Whether ``executor`` is of this kind."""
-        return isinstance(executor, (ThreadPoolExecutor, AffineThread, HeldThread))
+        return isinstance(executor, ThreadPoolExecutor)
 
     def send(self, call: Call) -> None:
         """Hand ``call`` to the executor."""
@@ -507,7 +557,16 @@ def _cancel_pool_future(pool_future: ConcurrentFuture[Any], _future: object) -> 
 
 
 #: The kinds, most specific first; the last accepts any Executor.
-KINDS: tuple[type[Kind], ...] = (OwnThreads, Threads, OwnProcesses, StdProcesses, Cluster, Foreign)
+KINDS: tuple[type[Kind], ...] = (
+    OwnThreads,
+    OwnThread,
+    OwnLanes,
+    Threads,
+    OwnProcesses,
+    StdProcesses,
+    Cluster,
+    Foreign,
+)
 
 
 def kind_of(executor: Executor) -> Kind:

@@ -60,7 +60,8 @@ def default_thread_count() -> int:
 Job = tuple[Any, ...]
 
 
-def _run_submitted(job: Job) -> None:
+def run_submitted(job: Job) -> None:
+    """Run a ``submit`` job: ``(run_submitted, abandon_submitted, future, fn, args, kwargs)``."""
     _, _, future, fn, args, kwargs = job
     if not future.set_running_or_notify_cancel():
         return
@@ -73,7 +74,8 @@ def _run_submitted(job: Job) -> None:
         future.set_result(result)
 
 
-def _abandon_submitted(job: Job) -> None:
+def abandon_submitted(job: Job) -> None:
+    """A ``submit`` job that will never run: its Future is cancelled."""
     job[2].cancel()
 
 
@@ -208,7 +210,7 @@ class ThreadPool(ThreadPoolExecutor):
         future: ConcurrentFuture[T] = ConcurrentFuture()
         stats = self._submit_stats
         if stats is None:
-            self._put((_run_submitted, _abandon_submitted, future, fn, args, kwargs))
+            self._put((run_submitted, abandon_submitted, future, fn, args, kwargs))
             return future
         stats.add(SUBMITTED)
         try:
@@ -322,7 +324,7 @@ class ThreadPool(ThreadPoolExecutor):
                 job[1](job)
         for running in list(self._current):
             if running is not None and running[0] is run:
-                _fail_running(running, error())
+                fail_running(running, error())
 
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for the threads of a shut-down pool; true if all have ended."""
@@ -337,7 +339,8 @@ class ThreadPool(ThreadPoolExecutor):
         return True
 
 
-def _fail_running(call: Job, error: BaseException) -> None:
+def fail_running(call: Job, error: BaseException) -> None:
+    """Fail a running call's Future now (a shutdown gave up on it)."""
     # Fail the Future now; the thread's own outcome, when it comes, is dropped.
     # If the caller gave up already, the call's own end counts that: not here.
     call[DELIVERY].push(call[FUTURE], None, GaveUp(error), call[ROUTE].stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 import threading
 import warnings
@@ -16,6 +17,7 @@ from ._bound import Bound, check_bounds
 from ._decorator import Cancel, CoroutineOffloader, ExecutorSpec, Offloader, decorate
 from ._errors import ExecutorShutdownError, UnknownExecutorError
 from ._kinds import broken_hooks, kind_of, wait_for_all
+from ._lanes import Lane
 from ._pool import ThreadPool, default_thread_count, shutdown_hooks, usable_cpus
 from ._process import START_METHOD_VARIABLE, ProcessPool
 from ._route import Route
@@ -127,10 +129,10 @@ class _Entry:
                 executor = self.executor
                 if executor is None:
                     executor = cast("Callable[[], Executor]", self.factory)()
-                    if not isinstance(executor, Executor):
+                    if not isinstance(executor, Executor) or isinstance(executor, Lane):
                         raise TypeError(
                             f"the factory registered as {self.name!r} returned {executor!r}, "
-                            "not a concurrent.futures.Executor"
+                            f"not a concurrent.futures.Executor{_NOT_A_LANE}"
                         )
                     self.executor = executor
                 self.route = Route(executor, stats=self.stats, bound=self.bound)
@@ -163,6 +165,23 @@ class _Entry:
         self.lock = threading.Lock()
         if self.factory is not None:
             self.executor = self.route = None  # made anew on first use in the child
+
+
+def _entry_for(name: str, executor_or_factory: object, default: bool) -> _Entry:
+    """A registration of ``name``, or a clear error for what cannot be registered."""
+    if isinstance(executor_or_factory, Lane):
+        raise TypeError(
+            f"register({name!r}, {executor_or_factory!r}): a lane handle is not an "
+            f"executor of its own{_NOT_A_LANE}"
+        )
+    if isinstance(executor_or_factory, Executor):
+        return _Entry(name, executor_or_factory, None, default)
+    if callable(executor_or_factory):
+        return _Entry(name, None, executor_or_factory, default)
+    raise TypeError(
+        f"register({name!r}, ...) needs a concurrent.futures.Executor or a "
+        f"zero-argument factory returning one, got {executor_or_factory!r}"
+    )
 
 
 _registries: weakref.WeakSet[Registry] = weakref.WeakSet()
@@ -239,6 +258,9 @@ class Registry:
         # Per name, kept across its registrations: its counters and its bound.
         self._stats: dict[str, Stats] = {}
         self._bounds: dict[str, Bound] = {}
+        # Per name, the lane handle indexes dealt so far and those given back since.
+        self._lanes_dealt: dict[str, int] = {}
+        self._lanes_free: dict[str, list[int]] = {}
         self.register("default", _builtin_pool("default", default_thread_count), default=True)
         self.register("io", _builtin_pool("io", lambda: IO_THREADS), default=True)
         self.register("cpu", _cpu_pool, default=True)
@@ -311,15 +333,7 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise TypeError(f"an executor name must be a non-empty str, got {name!r}")
         check_bounds(max_pending, when_full, warn_after)
-        if isinstance(executor_or_factory, Executor):
-            entry = _Entry(name, executor_or_factory, None, default)
-        elif callable(executor_or_factory):
-            entry = _Entry(name, None, executor_or_factory, default)
-        else:
-            raise TypeError(
-                f"register({name!r}, ...) needs a concurrent.futures.Executor or a "
-                f"zero-argument factory returning one, got {executor_or_factory!r}"
-            )
+        entry = _entry_for(name, executor_or_factory, default)
         with self._lock:
             old = self._entries.get(name)
             if old is not None:
@@ -375,6 +389,50 @@ class Registry:
             raise UnknownExecutorError(name, self.names()) from None
         route = entry.route
         return route if route is not None else entry.create()
+
+    def lane(self, name: str) -> Lane:
+        """A handle on one lane of ``name``: its calls run on one thread, as the name's calls.
+
+        ``name`` is meant to be registered with a [`Lanes`][offload.Lanes]; the
+        handle's calls run on its lane ``index mod n`` there, counted in the
+        name's statistics and bounded by its ``max_pending``. Each handle gets
+        the lowest index no live handle of the name holds, so while there are
+        no more live handles than lanes, each has a lane of its own. See
+        [`Lane`][offload.Lane] for what re-pointing the name does. The name is
+        looked up at each call, as a named call's is, so it may be registered
+        after the handle is made.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty string.
+
+        Examples:
+            >>> import offload
+            >>> registry = offload.Registry()
+            >>> registry.register("kv", lambda: offload.Lanes(2, name="kv"))
+            >>> first, second = registry.lane("kv"), registry.lane("kv")
+            >>> first.index, second.index
+            (0, 1)
+            >>> del first  # its index goes to the next handle
+            >>> registry.lane("kv").get_executor()
+            <offload.AffineThread 'kv_0' not started>
+            >>> registry.shutdown()
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a lane needs an executor name, a non-empty str; got {name!r}")
+        with self._lock:
+            free = self._lanes_free.get(name)
+            if free:
+                index = heapq.heappop(free)
+            else:
+                index = self._lanes_dealt.get(name, 0)
+                self._lanes_dealt[name] = index + 1
+        handle = Lane(self, name, index)
+        weakref.finalize(handle, self._lane_freed, name, index).atexit = False
+        return handle
+
+    def _lane_freed(self, name: str, index: int) -> None:
+        with self._lock:
+            heapq.heappush(self._lanes_free.setdefault(name, []), index)
 
     def stats(self) -> dict[str, ExecutorStats]:
         """Each name's counters and timings, as plain data (JSON-ready).
@@ -590,6 +648,13 @@ class Registry:
             >>> registry.shutdown()
         """
         return decorate(self, fn, executor, timeout, coroutine, cancel)
+
+
+_NOT_A_LANE = (
+    "; a lane handle (offload.lane(name)) pins calls to a lane of the executor registered "
+    "under a name: register the executor itself, such as offload.Lanes(n), and hand out "
+    "handles with offload.lane(name)"
+)
 
 
 def _shut_down(name: str) -> ExecutorShutdownError:

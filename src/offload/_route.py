@@ -11,6 +11,11 @@ executor. ``Route.call`` is the send side of every offloaded call:
 
 The common call, a named call to an unbounded name, builds one tuple and hands
 it to the kind's ``send``; nothing on the way asks what kind the executor is.
+
+A lane handle (``_lanes.Lane``) has a route of its own per route its name
+leads to (``pinned``): the name's statistics and bound, the handle's lane as
+the executor, and the handle's index, so that a call of it that waited for a
+slot is handed to its lane (``to_lane``) of whatever the name leads to then.
 """
 
 from __future__ import annotations
@@ -48,12 +53,31 @@ if TYPE_CHECKING:
 class Route:
     """One executor, how to send it calls, and the statistics and bound of its name."""
 
-    __slots__ = ("__weakref__", "bound", "executor", "kind", "sample_mask", "send", "stats")
+    __slots__ = (
+        "__weakref__",
+        "bound",
+        "executor",
+        "kind",
+        "lane",
+        "lane_routes",
+        "sample_mask",
+        "send",
+        "stats",
+    )
 
     def __init__(
-        self, executor: Executor, *, stats: Stats | None = None, bound: Bound | None = None
+        self,
+        executor: Executor,
+        *,
+        stats: Stats | None = None,
+        bound: Bound | None = None,
+        lane: int | None = None,
     ) -> None:
         self.executor = executor
+        #: The index of the lane handle whose calls take this route, else None.
+        self.lane = lane
+        #: Per lane of a ``Lanes`` executor, the route a waiting call is handed over on.
+        self.lane_routes: list[Route | None] | None = None
         self.kind = kind_of(executor)
         #: ``send(call)`` hands a call to the executor; it raises if the executor refuses.
         self.send: Callable[[Call], None] = self.kind.send
@@ -67,7 +91,32 @@ class Route:
 
     def __repr__(self) -> str:
         name = "unnamed" if self.stats is None else repr(self.stats.name)
-        return f"<offload route {name} -> {self.executor!r}>"
+        lane = "" if self.lane is None else f" lane {self.lane}"
+        return f"<offload route {name}{lane} -> {self.executor!r}>"
+
+    def pinned(self, index: int) -> Route:
+        """A route for the calls of lane handle ``index``: on its lane, under this route's name.
+
+        Its lane is ``index mod n`` of this route's ``Lanes``; on any other
+        executor, the executor itself.
+        """
+        lanes = self.kind.lanes
+        executor = lanes[index % len(lanes)] if lanes else self.executor
+        return Route(executor, stats=self.stats, bound=self.bound, lane=index)
+
+    def to_lane(self, index: int) -> Route:
+        """Where a call of lane handle ``index`` that waited for a slot is sent: its lane here."""
+        lanes = self.kind.lanes
+        if not lanes:
+            return self
+        routes = self.lane_routes
+        if routes is None:
+            routes = self.lane_routes = [None] * len(lanes)
+        i = index % len(lanes)
+        route = routes[i]
+        if route is None:  # two threads may both make it: either serves
+            route = routes[i] = Route(lanes[i], stats=self.stats, bound=self.bound)
+        return route
 
     def call(
         self,
@@ -199,7 +248,9 @@ class _HandOver:
 def route_to(executor: Executor) -> Route:
     """The route for calls to an Executor passed directly: no name, so nothing counts them.
 
-    Made once per executor and kept on it, where it takes attributes.
+    Made once per executor and kept on it, where it takes attributes. A lane
+    handle's ``_offload_route`` is a property: its name's route now, pinned
+    to its lane, so its calls are the name's.
     """
     route: Route | None = getattr(executor, "_offload_route", None)
     if route is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import assert_type
 
@@ -69,3 +70,34 @@ def within_misuse_is_rejected(conn: offload.Facade[sqlite3.Connection]) -> None:
 
     offload.within(conn, takes_text)  # type: ignore[misc]  # takes text, not the connection
     offload.within(sqlite3.connect(":memory:"), len)  # type: ignore[arg-type]
+
+
+def test_a_lane_handle_is_an_executor_for_every_entry_point() -> None:
+    registry = offload.Registry()
+    registry.register("kv", lambda: offload.Lanes(2, name="kv"))
+    lane = registry.lane("kv")
+    assert_type(lane, offload.Lane)
+    assert_type(offload.lane("kv"), offload.Lane)
+    assert_type(offload.Lanes(2).threads, tuple[offload.AffineThread, ...])
+
+    def double(n: int) -> int:
+        return 2 * n
+
+    doubled: Callable[[int], asyncio.Future[int]] = registry.offload(double, executor=lane)
+    assert callable(doubled)
+    lock = threading.RLock()
+    assert_type(offload.acontext(lock, executor=lane), AbstractAsyncContextManager[bool])
+    rows = offload.aiterate([1], executor=lane)
+
+    async def drain() -> None:  # type-checked, not run
+        async for row in rows:
+            assert_type(row, int)
+
+    assert callable(drain)
+    registry.shutdown()
+
+
+def lane_misuse_is_rejected() -> None:
+    """Never called: each line is a type error, and ``warn_unused_ignores`` proves it."""
+    offload.lane(3)  # type: ignore[arg-type]
+    offload.Lanes("2")  # type: ignore[arg-type]
