@@ -29,6 +29,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,7 +207,7 @@ def within(client: offload.Facade[Any], fn: Callable[..., Any], *args: Any) -> A
 
 
 class LaneSet:
-    """Facades dealt to requests round-robin, each on an ``AffineThread`` of its own.
+    """Facades dealt to requests round-robin, each on a thread of its own.
 
     This stands in for the coming ``offload.Lanes``: ``make_lanes`` is where to switch.
     """
@@ -220,13 +221,21 @@ class LaneSet:
         return next(self._turns)
 
 
-def make_lanes(count: int, sync_client: Callable[[], Any], facade: type[Any]) -> LaneSet:
-    """``count`` lanes: a thread each, with a sync client (one connection) of its own."""
+def make_lanes(
+    count: int, sync_client: Callable[[], Any], facade: type[Any], executor: str = "affine"
+) -> LaneSet:
+    """``count`` lanes: a thread each, with a sync client of its own.
+
+    The thread is an ``AffineThread``, or with ``executor="pool"`` an ``offload.ThreadPool``
+    of one worker (offload's own pool, which its calls reach by a shorter path).
+    """
+    kinds: dict[str, Callable[[str], Executor]] = {
+        "affine": lambda name: offload.AffineThread(name=name),
+        "pool": lambda name: offload.ThreadPool(1, name=name),
+    }
+    make = kinds[executor]
     return LaneSet(
-        [
-            facade(sync_client(), executor=offload.AffineThread(name=f"lane-{number}"))
-            for number in range(count)
-        ]
+        [facade(sync_client(), executor=make(f"lane-{number}")) for number in range(count)]
     )
 
 
@@ -242,6 +251,10 @@ class Settings:
     conninfo: str
     lanes: int
     pg: bool
+    #: Lanes on AffineThreads ("affine") or one-worker ThreadPools ("pool").
+    lane_executor: str = "affine"
+    #: A lane's redis client: one connection ("single") or redis-py's pool of them ("pooled").
+    lane_connection: str = "single"
 
 
 class Native:
@@ -304,13 +317,16 @@ class Lanes(Driver):
     async def start(self, settings: Settings) -> None:
         await super().start(settings)
 
+        single = settings.lane_connection == "single"
+
         def client() -> redis.Redis:
             return redis.Redis.from_url(
-                settings.redis_url, decode_responses=True, single_connection_client=True
+                settings.redis_url, decode_responses=True, single_connection_client=single
             )
 
-        self.lanes = make_lanes(settings.lanes, client, redis_driver.AsyncRedis)
-        self.empty_lanes = make_lanes(settings.lanes, Empty, EmptyFacade)
+        kind = settings.lane_executor
+        self.lanes = make_lanes(settings.lanes, client, redis_driver.AsyncRedis, kind)
+        self.empty_lanes = make_lanes(settings.lanes, Empty, EmptyFacade, kind)
 
     async def on_redis(self, unit: Unit, *args: Any) -> Any:
         return await unit.run(self.lanes.pick(), *args)
@@ -493,6 +509,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis", required=True, help="the redis URL")
     parser.add_argument("--pg", help="the PostgreSQL connection string; none: no pg routes")
     parser.add_argument("--lanes", type=int, default=POOL_SIZE, help="lanes of lane variants")
+    parser.add_argument("--lane-executor", choices=["affine", "pool"], default="affine")
+    parser.add_argument("--lane-connection", choices=["single", "pooled"], default="single")
     parser.add_argument("--threads", type=int, help="threads of the redis driver's pool")
     parser.add_argument("--switchinterval", type=float, help="sys.setswitchinterval, seconds")
     parser.add_argument("--cpu", type=int, help="run the whole process on this CPU only")
@@ -501,7 +519,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = Settings(args.redis, args.pg or "", args.lanes, pg=bool(args.pg))
+    settings = Settings(
+        args.redis,
+        args.pg or "",
+        args.lanes,
+        pg=bool(args.pg),
+        lane_executor=args.lane_executor,
+        lane_connection=args.lane_connection,
+    )
     variant = VARIANTS[args.variant]()
     await variant.start(settings)
     work = workloads(variant, settings)

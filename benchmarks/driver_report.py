@@ -33,6 +33,8 @@ def summarize(
                 cell[name] = statistics.median(values) if values else None
             rps = [s["rps"] for s in found]
             cell["spread"] = (max(rps) - min(rps)) / statistics.median(rps) if rps else None
+            others = [s["foreign_cpu_share"] for s in found if s["foreign_cpu_share"] is not None]
+            cell["foreign_cpu_share"] = statistics.median(others) if others else None
             cell["handovers"] = handovers.get(config.key, {}).get(work.path)
             cell["failed"] = failed.get((config.key, work.key))
             results[config.key, work.key] = cell
@@ -60,7 +62,7 @@ def _row(config: Any, cell: dict[str, Any]) -> list[str]:
     handovers = cell["handovers"]
     first = [config.label, "—" if handovers is None else f"{handovers:.0f}"]
     if cell["failed"]:
-        return [*first, "FAILED", "", "", "", "", ""]
+        return [*first, "FAILED", "", "", "", "", "", ""]
     lag = "—" if cell["lag_max_ms"] is None else f" / {cell['lag_max_ms']:.0f}"
     return [
         *first,
@@ -70,6 +72,7 @@ def _row(config: Any, cell: dict[str, Any]) -> list[str]:
         _with_ratio(cell, "lag_p99_ms", ".1f") + lag,
         _with_ratio(cell, "cpu_us_per_request", ",.0f"),
         "—" if cell["spread"] is None or len(cell["samples"]) < 2 else f"{cell['spread']:.0%}",
+        "—" if cell["foreign_cpu_share"] is None else f"{cell['foreign_cpu_share']:.0%}",
     ]
 
 
@@ -82,6 +85,7 @@ HEAD = [
     "loop lag p99 / max ms ↓",
     "CPU µs/req ↓",
     "spread",
+    "others",
 ]
 
 
@@ -101,7 +105,8 @@ def table(cells: Cells, results: Results, meta: dict[str, Any], notes: dict[str,
         ),
         (
             "hops: thread-to-loop wake-ups in one request run alone. spread: (max - min) / "
-            "median of req/s across rounds."
+            "median of req/s across rounds. others: the median share of the machine's CPU "
+            "that other processes took during the row's samples."
         ),
     ]
     for work, row in cells:
@@ -126,6 +131,24 @@ def table(cells: Cells, results: Results, meta: dict[str, Any], notes: dict[str,
         )
     out += [f"note: {what}: {why}" for what, why in notes.items()]
     return "\n".join(out)
+
+
+def read_json(path: Path, configs: Any, workloads: Any) -> tuple[Cells, Results, dict[str, Any]]:
+    """A saved run's cells, results (summarized again from its samples) and document."""
+    document = json.loads(path.read_text())
+    by_key = {w.key: w for w in workloads}
+    cells: Cells = []
+    samples, failed = {}, {}
+    handovers: dict[str, dict[str, float]] = {}
+    for work_key, row in document["results"].items():
+        work = by_key[work_key]
+        cells.append((work, [configs(key) for key in row]))
+        for config_key, cell in row.items():
+            samples[config_key, work_key] = cell["samples"]
+            if cell.get("failed"):
+                failed[config_key, work_key] = cell["failed"]
+            handovers.setdefault(config_key, {})[work.path] = cell.get("handovers")
+    return cells, summarize(cells, samples, failed, handovers), document
 
 
 def write_json(

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, ClassVar, NoReturn
 
 from tests import servers
 
@@ -50,7 +50,7 @@ ERROR_KINDS = ("status", "connect", "read", "write", "timeout")
 #: Seconds of load per sample. A scan costs some 5 to 20 ms of CPU a request on a 2-core VM,
 #: so 50 connections finish a wave of requests only every second or so: they get longer.
 #: The servers live through the run, so a cell is warmed up once, in the first round.
-FULL = {"rounds": 3, "seconds": 2, "scan_seconds": 6, "warmup": 1}
+FULL = {"rounds": 3, "seconds": 2, "scan_seconds": 5, "warmup": 1}
 QUICK = {"rounds": 1, "seconds": 1, "scan_seconds": 2, "warmup": 0}
 #: Seconds the harness waits for a server's answer: for the idle one, until the requests
 #: wrk left behind are done (50 of the slowest variant's scans).
@@ -115,9 +115,16 @@ class Config:
     cpu: int | None = None
     lanes: int | None = None
     threads: int | None = None  # of the redis driver's pool (16 as shipped)
+    lane: str | None = None  # lanes on "affine" threads (AffineThread) or a "pool" of one
+    conn: str | None = None  # a lane's redis client: a "single" connection, or "pooled"
 
     OPTIONS = (("si", "switchinterval", float), ("cpu", "cpu", int))
     OPTIONS += (("lanes", "lanes", int), ("threads", "threads", int))
+    OPTIONS += (("lane", "lane", str), ("conn", "conn", str))
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "lane": ("affine", "pool"),
+        "conn": ("single", "pooled"),
+    }
 
     @property
     def key(self) -> str:
@@ -135,6 +142,10 @@ class Config:
             label = label.replace("4 lanes", f"{self.lanes} lanes")
         if self.threads is not None:
             label += f", {self.threads}-thread pool"
+        if self.lane == "pool":
+            label += " on 1-thread pools"
+        if self.conn == "pooled":
+            label += ", pooled connections"
         if self.switchinterval is not None:
             label += f"; switch interval {self.switchinterval * 1000:g} ms"
         if self.cpu is not None:
@@ -162,6 +173,9 @@ class Config:
                 known = ", ".join(f"{name}=" for name in convert)
                 raise SystemExit(f"unknown option {short!r} in {text!r}; use {known}")
             name, kind = convert[short]
+            if short in cls.CHOICES and value not in cls.CHOICES[short]:
+                choices = " or ".join(cls.CHOICES[short])
+                raise SystemExit(f"{short}= takes {choices}, not {value!r}, in {text!r}")
             try:
                 found[name] = kind(value)
             except ValueError:
@@ -169,12 +183,18 @@ class Config:
         return cls(variant, **found)
 
 
-#: What a full run also tries on the 4-command redis workload, beside the main table.
+#: What a full run also tries on the 4-command redis workload, beside the main table: the
+#: interpreter's switch interval (5 ms by default) and the server on one CPU, each against
+#: native with the same; lanes whose clients check a connection out of redis-py's pool for
+#: every command instead of keeping one; lanes on offload's own pool of one thread instead
+#: of an AffineThread; 2 and 8 lanes.
 TUNING = [
     *(Config(v, switchinterval=0.001) for v in ("native", "driver", "lanes-hop")),
     *(Config(v, switchinterval=0.02) for v in ("native", "driver", "lanes-hop")),
     *(Config(v, cpu=0) for v in ("native", "driver", "lanes-hop")),
-    Config("driver", threads=4),
+    Config("lanes", conn="pooled"),
+    Config("lanes", lane="pool"),
+    Config("lanes-hop", lane="pool"),
     Config("lanes-hop", lanes=2),
     Config("lanes-hop", lanes=8),
 ]
@@ -305,15 +325,26 @@ def backing_servers(need: set[str]) -> Iterator[dict[str, str]]:
         yield found
 
 
+#: The app's command-line flag for each setting of a ``Config``.
+OPTION_FLAGS = {
+    "lanes": "--lanes",
+    "threads": "--threads",
+    "switchinterval": "--switchinterval",
+    "cpu": "--cpu",
+    "lane": "--lane-executor",
+    "conn": "--lane-connection",
+}
+
+
 def app_argv(
     config: Config, addresses: dict[str, str], failing: set[str], *, pg: bool
 ) -> list[str]:
     argv = ["--variant", config.variant, "--redis", addresses["redis"]]
     if pg:  # PostgreSQL's connections are few (50): only rows with a pg workload open some
         argv += ["--pg", addresses["pg"]]
-    for option in ("lanes", "threads", "switchinterval", "cpu"):
+    for option, flag in OPTION_FLAGS.items():
         if getattr(config, option) is not None:
-            argv += [f"--{option}", str(getattr(config, option))]
+            argv += [flag, str(getattr(config, option))]
     if config.variant in failing:
         argv += ["--fail-every", "100"]
     return argv
@@ -395,7 +426,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--seconds", type=int, help="seconds of load per sample (full: 2; quick: 1)"
     )
     parser.add_argument(
-        "--scan-seconds", type=int, help="seconds of load per sample of a scan (full: 6; quick: 2)"
+        "--scan-seconds", type=int, help="seconds of load per sample of a scan (full: 5; quick: 2)"
     )
     parser.add_argument(
         "--warmup", type=int, help="seconds of warm-up, first round only (full: 1; quick: 0)"
@@ -414,6 +445,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="where to write the JSON results")
     parser.add_argument("--chart", type=Path, help="where to draw the PNG chart")
     parser.add_argument("--no-chart", action="store_true", help="skip the chart")
+    parser.add_argument(
+        "--redraw",
+        type=Path,
+        metavar="JSON",
+        help="print the table of a saved run (its --json file) and draw its chart again",
+    )
     parser.add_argument(
         "--inject-errors",
         metavar="VARIANT,...",
@@ -436,8 +473,21 @@ def _progress(text: str, began: float) -> None:
     print(f"  {text:<40} at {time.perf_counter() - began:6.1f} s", file=sys.stderr, flush=True)
 
 
+def redraw(json_path: Path, chart_path: Path | None) -> int:
+    cells, results, document = driver_report.read_json(json_path, Config.parse, WORKLOADS)
+    print(driver_report.table(cells, results, document["meta"], document["notes"]))
+    if chart_path is None:
+        return 0
+    problem = driver_report.draw_chart(chart_path, cells, results, document["meta"])
+    print(f"chart: {problem or chart_path}")
+    return 1 if problem else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.redraw:
+        chart = None if args.no_chart else args.chart or args.redraw.with_suffix(".png")
+        return redraw(args.redraw, chart)
     settings = dict(QUICK if args.quick else FULL)
     for name in settings:
         if getattr(args, name) is not None:
