@@ -40,7 +40,7 @@ def summarize(
     return results
 
 
-def _version(dist: str) -> str | None:
+def version(dist: str) -> str | None:
     try:
         return importlib_metadata.version(dist)
     except importlib_metadata.PackageNotFoundError:
@@ -74,7 +74,7 @@ def metadata(
         "cpu_model": _cpu_model(),
         "foreign_cpu_share": foreign_cpu_share,
         "versions": {
-            dist: _version(dist) for dist in ("tornado-offload", "tornado", "anyio", "asgiref")
+            dist: version(dist) for dist in ("tornado-offload", "tornado", "anyio", "asgiref")
         },
     }
 

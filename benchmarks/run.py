@@ -31,6 +31,41 @@ QUICK = {"calls": 1_000, "memory_calls": 5_000, "repeats": 3}
 WARMUP = range(256)
 
 
+def process_cpu(pid: int, *, children: bool = True) -> float | None:
+    """CPU seconds of a process: all its threads, and its finished children unless told."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except (OSError, IndexError):
+        return None
+    # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 after the name.
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of all its descendants, finished or still running.
+
+    The drivers benchmark's servers (and PostgreSQL's backends, their children) run while
+    they are measured, so os.times() alone would count them as other processes' load. A
+    finished child that was waited for is in its parent's figure, and no longer on its own.
+    """
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    parents[int(entry.name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # it ended meanwhile
+    family, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        family.append(pid)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return sum(process_cpu(pid) or 0.0 for pid in family)
+
+
 class CpuMeter:
     """The share of the machine's CPU time that other processes used meanwhile."""
 
@@ -42,12 +77,11 @@ class CpuMeter:
         try:
             with open("/proc/stat") as stat:
                 fields = [int(v) for v in stat.readline().split()[1:]]
+            mine = own_cpu()
         except (OSError, ValueError):
             return None
         busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        own = os.times()  # this process and its finished children (memory samples)
-        own_cpu = own.user + own.system + own.children_user + own.children_system
-        return busy / os.sysconf("SC_CLK_TCK"), own_cpu
+        return busy / os.sysconf("SC_CLK_TCK"), mine
 
     def foreign_share(self, wall: float) -> float | None:
         end = self._sample()
@@ -178,11 +212,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="draw the chart of a saved run (its --json file) again, without measuring",
     )
+    parser.add_argument(
+        "--drivers",
+        action="store_true",
+        help="benchmark the example drivers against the native async clients instead, "
+        "with options of its own (python -m benchmarks --drivers --help)",
+    )
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # MECH:WORKLOAD:CALLS, in a child
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--drivers" in argv:
+        argv.remove("--drivers")
+        from . import drivers  # it needs the drivers extra and the servers; the rest does not
+
+        return drivers.main(argv)
     args = parse_args(argv)
     if args.sample:
         return _sample_here(args.sample)

@@ -1,4 +1,4 @@
-"""Private redis and PostgreSQL servers for the tests of the example drivers.
+"""Private redis and PostgreSQL servers for the tests of the example drivers, and their benchmark.
 
 Each server runs from the binaries of its Debian package, in a temporary directory of its
 own, listening on 127.0.0.1 only, on a port picked free (neither server can be told to bind
@@ -10,7 +10,9 @@ PostgreSQL backend, outlives the test session.
 
 When a server's binaries are missing, the tests that need it are skipped with the package to
 install, unless ``OFFLOAD_REQUIRE_SERVERS=1`` is set (CI sets it): then they fail, so that a
-machine without the servers cannot pass by skipping them.
+machine without the servers cannot pass by skipping them. The drivers benchmark
+(``benchmarks/drivers.py``) starts its servers with the same classes, and says what is
+missing in its own way: so pytest is imported only by ``unavailable``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
-
-import pytest
 
 #: Set to 1 to make a missing server a failure instead of a skip.
 REQUIRE = "OFFLOAD_REQUIRE_SERVERS"
@@ -48,6 +48,8 @@ class ServerStartError(RuntimeError):
 
 def unavailable(reason: str) -> NoReturn:
     """Skip the test for ``reason``, or fail it when the servers are required."""
+    import pytest  # noqa: PLC0415  # the benchmarks use this module without pytest
+
     if os.environ.get(REQUIRE) == "1":
         pytest.fail(f"{reason} ({REQUIRE}=1 requires the servers)", pytrace=False)
     pytest.skip(reason)
@@ -311,12 +313,19 @@ def _directory(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
+#: What to do when a server is not installed: called with the reason, it must raise.
+Missing = Callable[[str], NoReturn]
+
+
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    """A redis server for the block, or a skip (a failure under OFFLOAD_REQUIRE_SERVERS=1)."""
+def running_redis(missing: Missing = unavailable) -> Iterator[RedisServer]:
+    """A redis server for the block; without redis-server, ``missing(reason)``.
+
+    By default that is a skip (a failure under OFFLOAD_REQUIRE_SERVERS=1).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
-        unavailable("redis-server is not installed: install the Debian package redis-server")
+        missing("redis-server is not installed: install the Debian package redis-server")
     directory = _directory("offload-redis-")
     server = RedisServer(directory, binary)
     try:
@@ -328,11 +337,14 @@ def running_redis() -> Iterator[RedisServer]:
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the block, or a skip (a failure under OFFLOAD_REQUIRE_SERVERS=1)."""
+def running_postgres(missing: Missing = unavailable) -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the block; without PostgreSQL, ``missing(reason)``.
+
+    By default that is a skip (a failure under OFFLOAD_REQUIRE_SERVERS=1).
+    """
     bindir = postgres_bindir()
     if bindir is None:
-        unavailable("PostgreSQL is not installed: install the Debian package postgresql")
+        missing("PostgreSQL is not installed: install the Debian package postgresql")
     directory = _directory("offload-postgres-")
     try:
         server = PostgresServer(directory, bindir)
