@@ -470,6 +470,29 @@ async def test_a_cursor_is_read_a_burst_of_rows_per_fetchmany() -> None:
     assert cursor.sizes[:2] == [1, 2]  # the first row as soon as it exists
 
 
+async def test_a_scan_read_slowly_keeps_asking_for_full_chunks() -> None:
+    """A producer that gave its thread back for lack of room goes on with the size it reached.
+
+    On a connection's own thread the producer returns when the buffer is full, so that other
+    calls can run; started again, it must not go back to fetching one row at a time (a round
+    trip each, on a server cursor).
+    """
+    worker = offload.AffineThread(name="slow-scan")
+    try:
+        cursor = BatchCursor(200)
+        got: list[int] = []
+        async for row in AsyncBatchCursor(cursor, executor=worker):
+            got.append(row)
+            if row % 8 == 0:  # the producer fills the buffer and returns, again and again
+                await asyncio.sleep(0.001)
+    finally:
+        worker.shutdown()
+    assert got == list(range(200))
+    # Chunks of at least half of prefetch (4) after the first: 200 // 4 fetches at most,
+    # plus the growth and the empty one at the end. Starting again at 1 took about 100.
+    assert len(cursor.sizes) <= 200 // 4 + 4, cursor.sizes
+
+
 async def test_a_fetchmany_error_arrives_after_the_rows_before_it() -> None:
     """Rows fetched before fetchmany raised arrive first; then its error."""
     cursor = BatchCursor(100, fail_after=20)

@@ -108,6 +108,7 @@ class _Pump:
         self.open_source = open_source
         self.source: Any = None  # an iterator, or with ``chunks`` a fetchmany-like callable
         self.chunks = chunks
+        self.chunk_size = 1  # rows the next fetch asks for, at most the free room
         self.prefetch = prefetch
         self.resume_at = prefetch // 2  # a paused producer goes on once the buffer is this low
         self.hold = hold
@@ -158,10 +159,12 @@ class _Pump:
 
         A fetch returns only once it has all the rows asked for, so the first
         asks for one row, and each next for twice as many, up to the free
-        room: the first row comes as soon as it would one at a time.
+        room: the first row comes as soon as it would one at a time. The size
+        reached is kept for a producer that paused and starts again: a long
+        scan is read in full chunks, each a round trip for a server cursor.
         """
         items, limit, fetch = self.items, self.prefetch, self.source
-        size = 1
+        size = self.chunk_size
         while True:
             if len(items) >= limit and not self._room():
                 return self.stopping
@@ -173,7 +176,8 @@ class _Pump:
             items.extend(chunk)
             if self.waiters:
                 self._wake()
-            size *= 2
+            if size < limit:
+                size = self.chunk_size = size * 2
 
     def _room(self) -> bool:
         """Wait until the consumer made room; false if the producer must return instead."""
