@@ -29,7 +29,6 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,19 +197,8 @@ EMPTY_CALLS = Unit(empty_calls, empty_calls_sync)
 # ---- one hop per unit of work, and lanes ------------------------------------------------
 
 
-def within(client: offload.Facade[Any], fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-    """Run ``fn(sync client, *args)`` on the facade's executor: one hop for a unit of work.
-
-    This stands in for the coming ``offload.within(conn, fn)``: switch here.
-    """
-    return client._run(fn, client.__wrapped__, *args)
-
-
 class LaneSet:
-    """Facades dealt to requests round-robin, each on a thread of its own.
-
-    This stands in for the coming ``offload.Lanes``: ``make_lanes`` is where to switch.
-    """
+    """Facades dealt to requests round-robin, each on a thread of its own."""
 
     def __init__(self, clients: list[offload.Facade[Any]]) -> None:
         self.clients = clients
@@ -222,20 +210,22 @@ class LaneSet:
 
 
 def make_lanes(
-    count: int, sync_client: Callable[[], Any], facade: type[Any], executor: str = "affine"
+    count: int, sync_client: Callable[[], Any], facade: type[Any], name: str, executor: str
 ) -> LaneSet:
     """``count`` lanes: a thread each, with a sync client of its own.
 
-    The thread is an ``AffineThread``, or with ``executor="pool"`` an ``offload.ThreadPool``
-    of one worker (offload's own pool, which its calls reach by a shorter path).
+    ``executor="lanes"``: an ``offload.Lanes(count)`` registered as ``name``, and a lane
+    handle per client (the public way: the calls count under the name). ``"pool"``: an
+    ``offload.ThreadPool(1)`` per client, unnamed, for comparison.
     """
-    kinds: dict[str, Callable[[str], Executor]] = {
-        "affine": lambda name: offload.AffineThread(name=name),
-        "pool": lambda name: offload.ThreadPool(1, name=name),
-    }
-    make = kinds[executor]
+    if executor == "lanes":
+        offload.register(name, offload.Lanes(count, name=name), replace=True)
+        return LaneSet([facade(sync_client(), executor=offload.lane(name)) for _ in range(count)])
     return LaneSet(
-        [facade(sync_client(), executor=make(f"lane-{number}")) for number in range(count)]
+        [
+            facade(sync_client(), executor=offload.ThreadPool(1, name=f"{name}-{number}"))
+            for number in range(count)
+        ]
     )
 
 
@@ -251,8 +241,8 @@ class Settings:
     conninfo: str
     lanes: int
     pg: bool
-    #: Lanes on AffineThreads ("affine") or one-worker ThreadPools ("pool").
-    lane_executor: str = "affine"
+    #: Lanes of an ``offload.Lanes`` under a name ("lanes") or one-worker ThreadPools ("pool").
+    lane_executor: str = "lanes"
     #: A lane's redis client: one connection ("single") or redis-py's pool of them ("pooled").
     lane_connection: str = "single"
 
@@ -297,14 +287,14 @@ class OneHop(Driver):
     """The shipped drivers, a unit of work per hop (on the pool, or on the connection's thread)."""
 
     async def on_redis(self, unit: Unit, *args: Any) -> Any:
-        return await within(self.redis, unit.sync, *args)
+        return await offload.within(self.redis, unit.sync, *args)
 
     async def on_pg(self, unit: Unit, *args: Any) -> Any:
         async with self.pool.connection() as conn:
-            return await within(conn, unit.sync, *args)
+            return await offload.within(conn, unit.sync, *args)
 
     async def on_empty(self, unit: Unit) -> Any:
-        return await within(self.empty, unit.sync)
+        return await offload.within(self.empty, unit.sync)
 
 
 class Lanes(Driver):
@@ -325,8 +315,10 @@ class Lanes(Driver):
             )
 
         kind = settings.lane_executor
-        self.lanes = make_lanes(settings.lanes, client, redis_driver.AsyncRedis, kind)
-        self.empty_lanes = make_lanes(settings.lanes, Empty, EmptyFacade, kind)
+        self.lanes = make_lanes(
+            settings.lanes, client, redis_driver.AsyncRedis, "bench.redis", kind
+        )
+        self.empty_lanes = make_lanes(settings.lanes, Empty, EmptyFacade, "bench.empty", kind)
 
     async def on_redis(self, unit: Unit, *args: Any) -> Any:
         return await unit.run(self.lanes.pick(), *args)
@@ -348,13 +340,13 @@ class LanesOneHop(Lanes):
             self.pg_lanes = LaneSet(list(self.pool.connections))
 
     async def on_redis(self, unit: Unit, *args: Any) -> Any:
-        return await within(self.lanes.pick(), unit.sync, *args)
+        return await offload.within(self.lanes.pick(), unit.sync, *args)
 
     async def on_pg(self, unit: Unit, *args: Any) -> Any:
-        return await within(self.pg_lanes.pick(), unit.sync, *args)
+        return await offload.within(self.pg_lanes.pick(), unit.sync, *args)
 
     async def on_empty(self, unit: Unit) -> Any:
-        return await within(self.empty_lanes.pick(), unit.sync)
+        return await offload.within(self.empty_lanes.pick(), unit.sync)
 
 
 VARIANTS: dict[str, type[Native]] = {
@@ -509,7 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis", required=True, help="the redis URL")
     parser.add_argument("--pg", help="the PostgreSQL connection string; none: no pg routes")
     parser.add_argument("--lanes", type=int, default=POOL_SIZE, help="lanes of lane variants")
-    parser.add_argument("--lane-executor", choices=["affine", "pool"], default="affine")
+    parser.add_argument("--lane-executor", choices=["lanes", "pool"], default="lanes")
     parser.add_argument("--lane-connection", choices=["single", "pooled"], default="single")
     parser.add_argument("--threads", type=int, help="threads of the redis driver's pool")
     parser.add_argument("--switchinterval", type=float, help="sys.setswitchinterval, seconds")

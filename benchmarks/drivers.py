@@ -115,14 +115,14 @@ class Config:
     cpu: int | None = None
     lanes: int | None = None
     threads: int | None = None  # of the redis driver's pool (16 as shipped)
-    lane: str | None = None  # lanes on "affine" threads (AffineThread) or a "pool" of one
+    lane: str | None = None  # lanes of an offload.Lanes ("lanes") or a "pool" of one each
     conn: str | None = None  # a lane's redis client: a "single" connection, or "pooled"
 
     OPTIONS = (("si", "switchinterval", float), ("cpu", "cpu", int))
     OPTIONS += (("lanes", "lanes", int), ("threads", "threads", int))
     OPTIONS += (("lane", "lane", str), ("conn", "conn", str))
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "lane": ("affine", "pool"),
+        "lane": ("lanes", "pool"),
         "conn": ("single", "pooled"),
     }
 
@@ -187,7 +187,7 @@ class Config:
 #: interpreter's switch interval (5 ms by default) and the server on one CPU, each against
 #: native with the same; lanes whose clients check a connection out of redis-py's pool for
 #: every command instead of keeping one; lanes on offload's own pool of one thread instead
-#: of an AffineThread; 2 and 8 lanes.
+#: of a lane of offload.Lanes; 2 and 8 lanes.
 TUNING = [
     *(Config(v, switchinterval=0.001) for v in ("native", "driver", "lanes-hop")),
     *(Config(v, switchinterval=0.02) for v in ("native", "driver", "lanes-hop")),
