@@ -74,6 +74,7 @@ class BankAppTest(AsyncHTTPTestCase):
 
     def tearDown(self) -> None:
         self.io_loop.run_sync(self.pool.close)
+        del self.pool  # its connections' lanes go back to the name for the next test
         super().tearDown()
 
     def admin(self) -> psycopg.Connection[Any]:
@@ -224,16 +225,16 @@ async def test_a_server_side_cursor_lets_the_connection_run_other_statements(
 async def test_a_client_cursor_and_the_connection_keep_to_its_thread(
     conn: pg_driver.AsyncConnection,
 ) -> None:
-    """Statements run on the connection's own thread; cursors made from it share that thread."""
-    assert isinstance(conn._executor, offload.AffineThread)
+    """Statements run on the connection's lane; cursors made from it share that lane."""
+    lane = conn._executor
+    assert isinstance(lane, offload.Lane)
+    assert lane.name == pg_driver.CONNECTIONS
     cursor = conn.cursor()
     assert type(cursor) is pg_driver.AsyncCursor
-    assert cursor._executor is conn._executor
-    threads: list[str] = []
-    await offload.offload(
-        lambda: threads.append(threading.current_thread().name), executor=conn._executor
-    )()
-    assert threads[0].startswith("pg-conn-")
+    assert cursor._executor is lane
+    thread = await offload.within(conn, lambda _conn: threading.current_thread().name)
+    assert thread == lane.get_executor().name
+    assert thread.startswith("pg-conn_")
     await cursor.execute("SELECT owner FROM accounts ORDER BY id")
     assert [row async for row in cursor] == [("ann",), ("bob",), ("cy",)]
     streamed = [row async for row in cursor.stream("SELECT id FROM accounts ORDER BY id")]

@@ -51,14 +51,16 @@ class RedisAppTest(AsyncHTTPTestCase):
             plain.flushall()
 
     def get_app(self) -> Application:
-        self.client = redis_app.make_client(self.server.url)
-        return redis_app.make_app(self.client)
+        url = self.server.url
+        self.lanes = self.io_loop.run_sync(lambda: redis_app.make_client(url))
+        return redis_app.make_app(self.lanes)
 
     def get_http_client(self) -> AsyncHTTPClient:
         return AsyncHTTPClient(force_instance=True, max_clients=64)
 
     def tearDown(self) -> None:
-        self.client.__wrapped__.close()
+        self.io_loop.run_sync(self.lanes.close)
+        del self.lanes  # their lanes go back to the name for the next test
         super().tearDown()
 
     async def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
