@@ -9,7 +9,8 @@ from the repository root (``python examples/pg_app.py`` works too), then::
     curl localhost:8888/accounts
     curl localhost:8888/transfers
 
-Every statement runs on a pooled connection's own thread; the loop only waits. A transfer
+Every statement runs on its pooled connection's lane, a thread of the driver's
+``pg_driver.connections`` that the connection keeps; the loop only waits. A transfer
 that would overdraw is refused by the database (a CHECK constraint): 400. A connection the
 server dropped fails its request with 503, and is replaced for the next one.
 """

@@ -12,15 +12,19 @@
                 ...
     await pool.close()
 
-**One thread per connection.** Every connection of the pool has an ``offload.AffineThread``
-of its own, as the sqlite3 example's connections do, though psycopg's connections are
-thread-safe. A connection runs one statement at a time anyway (psycopg holds a lock per
-connection): on a shared pool, a second call for a busy connection would take a thread only
-to wait on that lock, and calls sent without awaiting could run out of order. On the
-connection's own thread they queue, in order, and cost no thread while they wait. It also
-lets a server-side cursor's ``async for`` give the thread back between batches, so other
-statements on the same connection run in between. ``connect(executor=...)`` shares an
-executor instead (psycopg_pool is a separate package; this small pool is enough here).
+**One lane per connection.** Every connection runs its calls on a lane of its own: a
+handle from ``offload.lane(CONNECTIONS)``, pinned to one thread of the ``offload.Lanes``
+registered under ``CONNECTIONS``. A connection runs one statement at a time anyway (psycopg
+holds a lock per connection, though its connections are thread-safe): on a shared pool, a
+second call for a busy connection would take a thread only to wait on that lock, and calls
+sent without awaiting could run out of order. On the connection's lane they queue, in
+order, and cost no thread while they wait. It also lets a server-side cursor's ``async
+for`` give the thread back between batches, so other statements on the same connection run
+in between. The threads belong to the name, not to the connections: they show in
+``offload.stats()["pg_driver.connections"]``, are bounded by its ``max_pending``, and an
+application re-points them (``offload.register(CONNECTIONS, offload.Lanes(32), ...)``).
+``connect(executor=...)`` uses another executor instead (psycopg_pool is a separate package;
+this small pool is enough here).
 
 **A connection the server drops** (a restart, ``pg_terminate_backend``, a network cut) makes
 the statement running on it, or the next one sent, raise ``psycopg.OperationalError``. The
@@ -33,7 +37,7 @@ the statement runs on to its end on the connection's thread (later calls queue b
 ``await conn.cancel()`` asks the server to interrupt it; it runs on the ``"io"`` pool, not on
 the connection's thread, where it would queue behind the very statement it should cancel.
 
-What is declared how: plain methods run on the connection's thread (``run=["*"]``), the
+What is declared how: plain methods run on the connection's lane (``run=["*"]``), the
 few that do no I/O are called on the caller's (``sync=``); ``stream()``, ``results()`` and
 ``notifies()`` are generators, stepped on the connection's thread (``iterate=``);
 ``transaction()``, ``pipeline()`` and ``cursor.copy()`` are ``@contextmanager`` methods
@@ -47,7 +51,6 @@ pass through (``attrs=``). ``LEFT_OUT`` lists what the facades do not offer, wit
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -57,25 +60,26 @@ import psycopg
 
 import offload
 
-#: The executor name the facades use when a connection has no thread of its own.
-EXECUTOR = "pg_driver.io"
+#: The name whose lanes the connections run on: each connection holds a lane of its own.
+CONNECTIONS = "pg_driver.connections"
 
-# A library default for connect(executor=EXECUTOR): one shared thread, so that connections
-# made on it keep their calls in order. An application's own registration replaces it.
-offload.register(EXECUTOR, lambda: offload.AffineThread(name=EXECUTOR), default=True)
-
-_thread_numbers = itertools.count(1)
+# A library default, replaced by an application's own registration. Eight lanes: twice the
+# pool's default size, so a pool of 4 and a few connections of its own (a LISTEN, a
+# migration) each get a thread to themselves. A lane's thread starts on its first call, so
+# the lanes no connection uses cost nothing. Past eight live connections, lanes are shared
+# (a connection then waits for the other's statement): register more for a bigger pool.
+offload.register(CONNECTIONS, lambda: offload.Lanes(8, name="pg-conn"), default=True)
 
 #: Public names the facades leave out on purpose (``omit=``), and why.
 LEFT_OUT = {
-    "connect": "a class method: use pg_driver.connect(), which makes the thread as well",
+    "connect": "a class method: use pg_driver.connect(), which gives the connection its lane",
 }
 
 
 class AsyncCopy(
     offload.Facade[psycopg.Copy],
     wraps=psycopg.Copy,
-    executor=EXECUTOR,
+    executor=CONNECTIONS,
     run=["*"],  # read, read_row, write, write_row, finish: on the connection's thread
     sync=["set_types"],
     iterate=["rows"],
@@ -90,7 +94,7 @@ class AsyncCopy(
 class AsyncCursor(
     offload.Facade[psycopg.Cursor[Any]],
     wraps=psycopg.Cursor,
-    executor=EXECUTOR,
+    executor=CONNECTIONS,
     run=["*"],  # execute, fetch*, scroll, ...: a server cursor's fetches are round trips
     sync=["set*"],  # setinputsizes, setoutputsize, set_result (psycopg 3.3): no I/O
     iterate=["*"],  # stream, results (psycopg 3.3)
@@ -115,7 +119,7 @@ class AsyncServerCursor(AsyncCursor, wraps=psycopg.ServerCursor):
 class AsyncPipeline(
     offload.Facade[psycopg.Pipeline],
     wraps=psycopg.Pipeline,
-    executor=EXECUTOR,
+    executor=CONNECTIONS,
     run=["sync"],
     omit=["is_supported"],  # a class method: psycopg.Pipeline.is_supported()
 ):
@@ -125,7 +129,7 @@ class AsyncPipeline(
 class AsyncConnection(
     offload.Facade[psycopg.Connection[Any]],
     wraps=psycopg.Connection,
-    executor=EXECUTOR,
+    executor=CONNECTIONS,
     run=["*"],
     # Calls that do no I/O: cursor() builds an object, handlers are lists on the connection,
     # xid() builds a value.
@@ -145,9 +149,11 @@ class AsyncConnection(
     wrap=[AsyncCursor, AsyncServerCursor, AsyncPipeline],
     omit=list(LEFT_OUT),
 ):
-    """A psycopg connection whose statements run on its own thread."""
+    """A psycopg connection whose statements run on its lane (or the executor it was given).
 
-    _own_thread: offload.AffineThread | None = None  # set by connect() when it made one
+    Made by hand without ``executor=``, it sends its calls through ``CONNECTIONS`` itself:
+    to the least loaded lane, in no set order. ``connect()`` gives it a lane of its own.
+    """
 
     def cancel(self) -> asyncio.Future[None]:
         """Ask the server to cancel the running statement; on the ``"io"`` pool, beside it."""
@@ -159,37 +165,24 @@ class AsyncConnection(
             """As ``cancel``, through libpq 17's cancellation, waiting at most ``timeout``."""
             return offload.offload(self.__wrapped__.cancel_safe, executor="io")(timeout=timeout)
 
-    async def close(self) -> None:
-        """Close the connection on its thread, then end the thread if it was its own."""
-        await self._run(self.__wrapped__.close)
-        if self._own_thread is not None:
-            self._own_thread.shutdown(wait=False)
-
 
 async def connect(
     conninfo: str = "", *, executor: Executor | str | None = None, **kwargs: Any
 ) -> AsyncConnection:
-    """Open a connection, by default in autocommit mode, on a new thread of its own.
+    """Open a connection, by default in autocommit mode, on a lane of ``CONNECTIONS``.
 
     Transactions are explicit: ``async with conn.transaction():``. ``kwargs`` go to
-    ``psycopg.Connection.connect``. Pass ``executor`` (an executor or a registered name,
-    such as ``EXECUTOR``) to share it instead of making a thread.
+    ``psycopg.Connection.connect``. Pass ``executor`` (an executor, a registered name or a
+    lane handle) to run the connection's calls there instead. ``await conn.close()`` closes
+    the connection; its lane goes back to the name once the facade is dropped.
     """
     kwargs.setdefault("autocommit", True)
-    own: offload.AffineThread | None = None
     if executor is None:
-        executor = own = offload.AffineThread(name=f"pg-conn-{next(_thread_numbers)}")
-    try:
-        sync_conn = await offload.offload(psycopg.Connection.connect, executor=executor)(
-            conninfo, **kwargs
-        )
-    except BaseException:
-        if own is not None:
-            own.shutdown(wait=False)
-        raise
-    conn = AsyncConnection(sync_conn, executor=executor)
-    conn._own_thread = own
-    return conn
+        executor = offload.lane(CONNECTIONS)
+    sync_conn = await offload.offload(psycopg.Connection.connect, executor=executor)(
+        conninfo, **kwargs
+    )
+    return AsyncConnection(sync_conn, executor=executor)
 
 
 class Pool:
@@ -205,7 +198,7 @@ class Pool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """Borrow a connection for the block; a closed one is reopened on its thread first.
+        """Borrow a connection for the block; a closed one is reopened on its lane first.
 
         Connections are lent in the order they came back, oldest first.
         """
@@ -218,16 +211,15 @@ class Pool:
             self._idle.put_nowait(conn)
 
     async def _reopen(self, dead: AsyncConnection) -> AsyncConnection:
-        # On the dead one's thread; if the server is still away this raises, and the dead
-        # connection goes back to the queue for the next borrower to try again.
-        await dead._run(dead.__wrapped__.close)  # frees what psycopg still holds for it
+        # On the dead one's lane, which the fresh one keeps; if the server is still away this
+        # raises, and the dead connection goes back to the queue for the next borrower.
+        await dead.close()  # frees what psycopg still holds for it
         fresh = await connect(self.conninfo, executor=dead._executor, **self._kwargs)
-        fresh._own_thread = dead._own_thread
         self.connections[self.connections.index(dead)] = fresh
         return fresh
 
     async def close(self) -> None:
-        """Close every connection and end their threads."""
+        """Close every connection; their lanes stay with the name, for the next ones."""
         await asyncio.gather(*(conn.close() for conn in self.connections))
 
 

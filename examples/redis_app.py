@@ -8,7 +8,9 @@ from the repository root (``python examples/redis_app.py`` works too), then::
     curl -X POST localhost:8888/events/home -d '["opened", "scrolled"]'
     curl 'localhost:8888/keys?match=visits:*'
 
-Every redis command runs on the driver's thread pool; the loop only waits. While redis is
+The app serves from the driver's lanes (``connect_lanes``): four clients of one connection
+each, each on a thread of its own, dealt to requests in turn; a visit's four commands go to
+its client's thread in one hop (``offload.within``). The loop only waits. While redis is
 unreachable the handlers answer 503 at once (redis refuses the connection, or the client's
 timeouts end the wait); once it is back, the client reconnects on its own.
 """
@@ -35,7 +37,7 @@ from tornado.netutil import bind_sockets
 if not __package__:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.redis_driver import AsyncRedis, connect
+from examples.redis_driver import AsyncRedis, RedisLanes, connect_lanes
 
 #: How long a visit counter lives after its last visit, in seconds.
 TTL = 3600
@@ -45,10 +47,15 @@ KEEP = 100
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def make_client(url: str) -> AsyncRedis:
-    """A client that gives up quickly: a web request should fail fast rather than hang."""
-    return connect(
+#: How many lanes (clients of one connection, a thread each) the app serves from.
+LANES = 4
+
+
+async def make_client(url: str, lanes: int = LANES) -> RedisLanes:
+    """Clients that give up quickly: a web request should fail fast rather than hang."""
+    return await connect_lanes(
         url,
+        lanes,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -62,10 +69,15 @@ class Handler(tornado.web.RequestHandler):
     """JSON out; redis being unreachable is a 503."""
 
     @property
+    def lanes(self) -> RedisLanes:
+        """The application's clients."""
+        lanes: RedisLanes = self.settings["redis"]
+        return lanes
+
+    @property
     def redis(self) -> AsyncRedis:
-        """The application's client."""
-        client: AsyncRedis = self.settings["redis"]
-        return client
+        """A client for this request's unit of work: the next lane's."""
+        return self.lanes.pick()
 
     def send(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -98,15 +110,22 @@ class Handler(tornado.web.RequestHandler):
         self.finish({"error": reason})
 
 
+def visit(client: redis.Redis, name: str, note: str) -> tuple[int, str]:
+    """Count a visit and keep its note: four commands, plain sync redis-py code."""
+    count_key, last_key = f"visits:{name}", f"last:{name}"
+    visits = client.incr(count_key)
+    client.set(last_key, note)
+    last = client.get(last_key)
+    client.expire(count_key, TTL)
+    return visits, last  # type: ignore[return-value]  # decode_responses: int and str
+
+
 class VisitsHandler(Handler):
-    """POST counts a visit (four commands); GET reads the count."""
+    """POST counts a visit (four commands, one hop to a lane); GET reads the count."""
 
     async def post(self, name: str) -> None:
-        count_key, last_key = f"visits:{name}", f"last:{name}"
-        visits = await self.redis.incr(count_key)
-        await self.redis.set(last_key, self.request.body.decode(errors="replace"))
-        last = await self.redis.get(last_key)
-        await self.redis.expire(count_key, TTL)
+        note = self.request.body.decode(errors="replace")
+        visits, last = await self.lanes.within(visit, name, note)
         self.send({"name": name, "visits": visits, "last": last})
 
     async def get(self, name: str) -> None:
@@ -141,23 +160,23 @@ class KeysHandler(Handler):
         self.send(sorted(keys))
 
 
-def make_app(client: AsyncRedis) -> tornado.web.Application:
-    """The application, using ``client``."""
+def make_app(lanes: RedisLanes) -> tornado.web.Application:
+    """The application, serving from ``lanes``."""
     return tornado.web.Application(
         [
             (r"/visits/([\w-]+)", VisitsHandler),
             (r"/events/([\w-]+)", EventsHandler),
             (r"/keys", KeysHandler),
         ],
-        redis=client,
+        redis=lanes,
     )
 
 
 async def serve(port: int, url: str) -> None:
     """Serve until interrupted."""
-    client = make_client(url)
+    lanes = await make_client(url)
     sockets = bind_sockets(port, "localhost")  # port 0: any free port, printed below
-    server = HTTPServer(make_app(client))
+    server = HTTPServer(make_app(lanes))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     print(f"visits: http://localhost:{port}/visits/home (redis {url})", flush=True)
@@ -165,7 +184,7 @@ async def serve(port: int, url: str) -> None:
         await asyncio.Event().wait()
     finally:
         server.stop()
-        await client.close()
+        await lanes.close()
 
 
 def main(argv: list[str] | None = None) -> None:

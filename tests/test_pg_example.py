@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -33,6 +34,32 @@ def reset(server: PostgresServer) -> None:
         admin.cursor().executemany(
             "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)", ACCOUNTS
         )
+
+
+@contextmanager
+def connections_repointed(lanes: offload.Lanes) -> Iterator[None]:
+    """``CONNECTIONS`` pointed at ``lanes`` for the block, then at lanes like the default."""
+    offload.register(pg_driver.CONNECTIONS, lanes, replace=True)
+    try:
+        yield
+    finally:
+        offload.register(
+            pg_driver.CONNECTIONS, lambda: offload.Lanes(8, name="pg-conn"), replace=True
+        )
+        lanes.shutdown(wait=False)
+
+
+def lane_thread(executor: object) -> str:
+    """The name of the thread a lane handle's calls run on now."""
+    assert isinstance(executor, offload.Lane)
+    thread = executor.get_executor()
+    assert isinstance(thread, offload.AffineThread)
+    return thread.name
+
+
+def thread_name(_conn: psycopg.Connection[Any]) -> str:
+    """Where a unit of work runs (for ``offload.within``)."""
+    return threading.current_thread().name
 
 
 @pytest.fixture
@@ -74,6 +101,7 @@ class BankAppTest(AsyncHTTPTestCase):
 
     def tearDown(self) -> None:
         self.io_loop.run_sync(self.pool.close)
+        del self.pool  # its connections' lanes go back to the name for the next test
         super().tearDown()
 
     def admin(self) -> psycopg.Connection[Any]:
@@ -187,10 +215,63 @@ class BankAppTest(AsyncHTTPTestCase):
         with self.admin() as admin:
             for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s, %s)", (pid, int(WAIT * 1000)))
+        lanes = [conn._executor for conn in self.pool.connections]
         codes = [(await self.call("GET", "/accounts"))[0] for _ in range(self.POOL_SIZE * 2)]
         assert codes == [503] * self.POOL_SIZE + [200] * self.POOL_SIZE
         new_pids = {conn.info.backend_pid for conn in self.pool.connections}
         assert not new_pids & set(pids)
+        # Each reopened connection kept the dead one's lane, and runs on its thread.
+        assert [conn._executor for conn in self.pool.connections] == lanes
+        for conn, lane in zip(self.pool.connections, lanes, strict=True):
+            assert await offload.within(conn, thread_name) == lane_thread(lane)
+
+    @gen_test(timeout=WAIT * 2)
+    async def test_statements_run_under_the_connections_name_while_a_transfer_waits(
+        self,
+    ) -> None:
+        """A transfer blocked on a row lock is one call running under ``pg_driver.connections``."""
+        before = offload.stats()[pg_driver.CONNECTIONS]
+        with self.admin() as blocker, self.admin() as admin:
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+            waiting = gen.convert_yielded(self.transfer(1, 2, 10))
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            await until(lambda: admin.execute(query).fetchone() == (1,))
+            during = offload.stats()[pg_driver.CONNECTIONS]
+            blocker.execute("ROLLBACK")  # the transfer gets the row lock
+            assert await waiting == (201, {"balances": {"1": 90, "2": 110}})
+        assert during["running"] == 1  # the whole transfer: one hop, still on its lane
+        assert during["completed"] == before["completed"]
+        after = offload.stats()[pg_driver.CONNECTIONS]
+        assert after["completed"] - before["completed"] == 1
+        assert after["running"] == 0
+
+    @gen_test(timeout=WAIT)
+    async def test_each_pooled_connection_keeps_to_its_own_lane_under_load(self) -> None:
+        """40 concurrent transfers: each connection's calls stay on its lane, one per connection."""
+        conns = list(self.pool.connections)
+        lanes = [conn._executor for conn in conns]
+        assert all(isinstance(lane, offload.Lane) for lane in lanes)
+        threads = [lane_thread(lane) for lane in lanes]
+        assert len(set(threads)) == self.POOL_SIZE  # a thread each
+        requests = [self.transfer(1, 2, 1) if n % 2 else self.transfer(2, 1, 1) for n in range(40)]
+        assert [code for code, _ in await gen.multi(requests)] == [201] * 40
+        assert self.pool.connections == conns
+        assert [await offload.within(conn, thread_name) for conn in conns] == threads
+
+    @gen_test(timeout=WAIT)
+    async def test_the_app_keeps_working_when_the_connections_name_is_repointed(self) -> None:
+        """``register(CONNECTIONS, Lanes(1), replace=True)``: the pool's calls move there."""
+        assert (await self.transfer(1, 2, 10))[0] == 201
+        with connections_repointed(offload.Lanes(1, name="pg-repointed")):
+            threads = {await offload.within(conn, thread_name) for conn in self.pool.connections}
+            assert threads == {"pg-repointed_0"}  # both connections share the one lane
+            assert await self.transfer(1, 2, 10) == (201, {"balances": {"1": 80, "2": 120}})
+            code, accounts = await self.call("GET", "/accounts")
+            assert code == 200
+            assert [a["balance"] for a in accounts] == [80, 120, 0]
+            code, ledger = await self.call("GET", "/transfers")
+            assert (code, len(ledger)) == (200, 2)
 
     @gen_test(timeout=WAIT * 2)
     async def test_requests_fail_fast_while_the_server_is_down_and_recover(self) -> None:
@@ -224,16 +305,16 @@ async def test_a_server_side_cursor_lets_the_connection_run_other_statements(
 async def test_a_client_cursor_and_the_connection_keep_to_its_thread(
     conn: pg_driver.AsyncConnection,
 ) -> None:
-    """Statements run on the connection's own thread; cursors made from it share that thread."""
-    assert isinstance(conn._executor, offload.AffineThread)
+    """Statements run on the connection's lane; cursors made from it share that lane."""
+    lane = conn._executor
+    assert isinstance(lane, offload.Lane)
+    assert lane.name == pg_driver.CONNECTIONS
     cursor = conn.cursor()
     assert type(cursor) is pg_driver.AsyncCursor
-    assert cursor._executor is conn._executor
-    threads: list[str] = []
-    await offload.offload(
-        lambda: threads.append(threading.current_thread().name), executor=conn._executor
-    )()
-    assert threads[0].startswith("pg-conn-")
+    assert cursor._executor is lane
+    thread = await offload.within(conn, lambda _conn: threading.current_thread().name)
+    assert thread == lane_thread(lane)
+    assert thread.startswith("pg-conn_")
     await cursor.execute("SELECT owner FROM accounts ORDER BY id")
     assert [row async for row in cursor] == [("ann",), ("bob",), ("cy",)]
     streamed = [row async for row in cursor.stream("SELECT id FROM accounts ORDER BY id")]

@@ -7,6 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,14 +20,40 @@ from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
 
 import offload
-from tests.conftest import WAIT
-from tests.servers import RedisServer
+from tests.conftest import WAIT, hold
+from tests.servers import RedisServer, free_port
 from tests.test_sqlite_example import Heartbeat, until
 
 
 def sync_client(server: RedisServer) -> redis.Redis:
     """A plain redis-py client, to look at the server behind the app's back."""
     return redis.Redis.from_url(server.url, decode_responses=True)
+
+
+@contextmanager
+def lanes_repointed(lanes: offload.Lanes) -> Iterator[None]:
+    """``LANES`` pointed at ``lanes`` for the block, then at lanes like the driver's default."""
+    offload.register(redis_driver.LANES, lanes, replace=True)
+    try:
+        yield
+    finally:
+        offload.register(
+            redis_driver.LANES, lambda: offload.Lanes(8, name="redis_lane"), replace=True
+        )
+        lanes.shutdown(wait=False)
+
+
+def lane_thread(executor: object) -> str:
+    """The name of the thread a lane handle's calls run on now."""
+    assert isinstance(executor, offload.Lane)
+    thread = executor.get_executor()
+    assert isinstance(thread, offload.AffineThread)
+    return thread.name
+
+
+def thread_name(_client: redis.Redis) -> str:
+    """Where a unit of work runs (for ``offload.within``)."""
+    return threading.current_thread().name
 
 
 @pytest.fixture
@@ -51,14 +78,16 @@ class RedisAppTest(AsyncHTTPTestCase):
             plain.flushall()
 
     def get_app(self) -> Application:
-        self.client = redis_app.make_client(self.server.url)
-        return redis_app.make_app(self.client)
+        url = self.server.url
+        self.lanes = self.io_loop.run_sync(lambda: redis_app.make_client(url))
+        return redis_app.make_app(self.lanes)
 
     def get_http_client(self) -> AsyncHTTPClient:
         return AsyncHTTPClient(force_instance=True, max_clients=64)
 
     def tearDown(self) -> None:
-        self.client.__wrapped__.close()
+        self.io_loop.run_sync(self.lanes.close)
+        del self.lanes  # their lanes go back to the name for the next test
         super().tearDown()
 
     async def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
@@ -143,6 +172,79 @@ class RedisAppTest(AsyncHTTPTestCase):
             {"name": "home", "visits": 1, "last": "after"},  # no persistence: counting anew
         )
         assert (await self.call("GET", "/keys?match=visits:*")) == (200, ["visits:home"])
+
+    @gen_test(timeout=WAIT)
+    async def test_requests_run_under_the_lanes_name(self) -> None:
+        """With every lane held, a visit queues under ``redis_driver.lanes`` until one frees."""
+        before = offload.stats()[redis_driver.LANES]
+        started, release = threading.Event(), threading.Event()
+        held = [
+            offload.within(client, lambda _r: hold(started, release)())
+            for client in self.lanes.clients
+        ]
+        lanes = len(held)
+        try:
+            await until(lambda: offload.stats()[redis_driver.LANES]["running"] == lanes)
+            visiting = gen.convert_yielded(self.call("POST", "/visits/queued", "x"))
+            await until(lambda: offload.stats()[redis_driver.LANES]["queued"] == 1)
+            assert not visiting.done()
+        finally:
+            release.set()
+        assert await visiting == (200, {"name": "queued", "visits": 1, "last": "x"})
+        assert all(await asyncio.gather(*held))
+        after = offload.stats()[redis_driver.LANES]
+        assert after["completed"] - before["completed"] == lanes + 1  # the visit: one hop
+        assert after["running"] == after["queued"] == 0
+
+    @gen_test(timeout=WAIT)
+    async def test_each_lane_keeps_one_thread_and_one_socket_under_load(self) -> None:
+        """50 concurrent visits: each client stays on its thread and socket; none is opened."""
+        clients = self.lanes.clients
+
+        def where(sync_client: redis.Redis) -> tuple[str, int]:
+            return threading.current_thread().name, sync_client.client_id()
+
+        placed = [await offload.within(client, where) for client in clients]
+        assert [name for name, _ in placed] == [lane_thread(c._executor) for c in clients]
+        assert len({name for name, _ in placed}) == len(clients) == redis_app.LANES
+        assert len({socket for _, socket in placed}) == len(clients)
+        with sync_client(self.server) as plain:
+            sockets = len(plain.client_list())
+            responses = await gen.multi(
+                [self.call("POST", "/visits/busy", f"visitor {n}") for n in range(50)]
+            )
+            assert [code for code, _ in responses] == [200] * 50
+            assert len(plain.client_list()) == sockets  # the lanes' sockets served them all
+        assert [await offload.within(client, where) for client in clients] == placed
+
+    @gen_test(timeout=WAIT)
+    async def test_the_app_keeps_working_when_the_lanes_name_is_repointed(self) -> None:
+        """``register(LANES, Lanes(2), replace=True)``: the clients' calls move there, and work."""
+        assert (await self.call("POST", "/visits/home", "before"))[0] == 200
+        with lanes_repointed(offload.Lanes(2, name="redis-repointed")):
+            threads = [await offload.within(c, thread_name) for c in self.lanes.clients]
+            assert {name.rsplit("_", 1)[0] for name in threads} == {"redis-repointed"}
+            assert await self.call("POST", "/visits/home", "after") == (
+                200,
+                {"name": "home", "visits": 2, "last": "after"},
+            )
+            assert (await self.call("POST", "/events/feed", '["x"]'))[0] == 200
+            assert await self.call("GET", "/keys?match=visits:*") == (200, ["visits:home"])
+
+
+async def test_connect_lanes_refuses_a_count_that_is_not_positive(
+    redis_server: RedisServer,
+) -> None:
+    """``connect_lanes(url, 0)`` says what it needs, before it connects anything."""
+    with pytest.raises(ValueError, match="positive int of clients, got 0"):
+        await redis_driver.connect_lanes(redis_server.url, 0)
+
+
+async def test_connect_lanes_raises_when_the_server_is_unreachable() -> None:
+    """Each client connects on its lane at once: no server, redis-py's ConnectionError."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await redis_driver.connect_lanes(url, 2, socket_connect_timeout=1)
 
 
 async def test_commands_run_on_the_drivers_pool(client: redis_driver.AsyncRedis) -> None:
