@@ -298,7 +298,7 @@ class OneHop(Driver):
 
 
 class Lanes(Driver):
-    """redis: lanes, each a thread with a client of one connection; a hop per command.
+    """redis: ``redis_driver.connect_lanes``, one connection per lane; a hop per command.
 
     PostgreSQL has no row of its own: the driver's connections have a thread each already,
     and a transaction holds its connection, so lanes without one hop are the driver's path.
@@ -315,9 +315,18 @@ class Lanes(Driver):
             )
 
         kind = settings.lane_executor
-        self.lanes = make_lanes(
-            settings.lanes, client, redis_driver.AsyncRedis, "bench.redis", kind
-        )
+        self.lanes: LaneSet | redis_driver.RedisLanes
+        if kind == "lanes":  # the driver's own: clients on lanes of redis_driver.LANES
+            self.lanes = await redis_driver.connect_lanes(
+                settings.redis_url,
+                settings.lanes,
+                decode_responses=True,
+                single_connection_client=single,
+            )
+        else:
+            self.lanes = make_lanes(
+                settings.lanes, client, redis_driver.AsyncRedis, "bench.redis", kind
+            )
         self.empty_lanes = make_lanes(settings.lanes, Empty, EmptyFacade, "bench.empty", kind)
 
     async def on_redis(self, unit: Unit, *args: Any) -> Any:
