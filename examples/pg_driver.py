@@ -8,7 +8,7 @@
         rows = await cursor.fetchall()
         async with conn.transaction(), conn.cursor("scan") as big:   # server-side cursor
             await big.execute("SELECT * FROM huge")
-            async for row in big:                           # fetched itersize rows at a time
+            async for row in big:                           # fetched up to 256 rows at a time
                 ...
     await pool.close()
 
@@ -101,6 +101,10 @@ class AsyncCursor(
     contexts=["copy"],
     attrs=["*"],  # classes psycopg hangs on its classes (Cursor.ExecStatus before 3.2)
     wrap=[AsyncCopy],
+    # Rows an ``async for`` reads ahead, and so at most a fetch asks for: a server cursor's
+    # fetch is a round trip, so a scan should cross in big chunks (the first fetch asks for
+    # one row, and each next for twice as many). psycopg's own itersize is 100.
+    prefetch=256,
 ):
     """A client-side cursor: the whole result comes with ``execute``, then fetches are local.
 
@@ -109,7 +113,7 @@ class AsyncCursor(
 
 
 class AsyncServerCursor(AsyncCursor, wraps=psycopg.ServerCursor):
-    """A server-side (named) cursor: ``async for`` fetches ``itersize`` rows per round trip.
+    """A server-side (named) cursor: ``async for`` fetches up to 256 rows per round trip.
 
     It must live inside ``async with conn.transaction()`` (or be made ``withhold=True``).
     Its methods are the client cursor's facade's, calling the server cursor's own.

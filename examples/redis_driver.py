@@ -158,7 +158,8 @@ class AsyncRedis(
     executor=EXECUTOR,
     run=["*"],
     sync=["pipeline", "lock", "client"],
-    iterate=["*"],
+    iterate=["*"],  # scan_iter and its kin: keys cross to the loop up to 256 at a time
+    prefetch=256,
     attrs=["connection_pool"],
     wrap=[AsyncPipeline, AsyncLock],
     omit=LEFT_OUT,
