@@ -96,7 +96,7 @@ WORKLOADS = [
 
 VARIANT_LABELS = {
     "native": "native",
-    "driver": "driver as shipped",
+    "driver": "driver, a hop per call",
     "hop": "driver, one hop",
     "lanes": "4 lanes",
     "lanes-hop": "4 lanes, one hop",
