@@ -37,6 +37,25 @@ def garbage_saved() -> Iterator[list[Any]]:
         gc.enable()
 
 
+@contextlib.contextmanager
+def repointed(name: str, lanes: offload.Lanes, *, then: Callable[[], Executor]) -> Iterator[None]:
+    """``name`` pointed at ``lanes`` for the block, then at what the factory ``then`` makes."""
+    offload.register(name, lanes, replace=True)
+    try:
+        yield
+    finally:
+        offload.register(name, then, replace=True)
+        lanes.shutdown(wait=False)
+
+
+def lane_thread(executor: object) -> str:
+    """The name of the thread a lane handle's calls run on now."""
+    assert isinstance(executor, offload.Lane)
+    thread = executor.get_executor()
+    assert isinstance(thread, offload.AffineThread)
+    return thread.name
+
+
 @pytest.fixture
 def saved_garbage() -> Iterator[list[Any]]:
     """``garbage_saved()`` around the test."""

@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -18,7 +17,7 @@ from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
 
 import offload
-from tests.conftest import WAIT
+from tests.conftest import WAIT, lane_thread, repointed
 from tests.servers import PostgresServer
 from tests.test_sqlite_example import Heartbeat, until
 
@@ -34,27 +33,6 @@ def reset(server: PostgresServer) -> None:
         admin.cursor().executemany(
             "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)", ACCOUNTS
         )
-
-
-@contextmanager
-def connections_repointed(lanes: offload.Lanes) -> Iterator[None]:
-    """``CONNECTIONS`` pointed at ``lanes`` for the block, then at lanes like the default."""
-    offload.register(pg_driver.CONNECTIONS, lanes, replace=True)
-    try:
-        yield
-    finally:
-        offload.register(
-            pg_driver.CONNECTIONS, lambda: offload.Lanes(8, name="pg-conn"), replace=True
-        )
-        lanes.shutdown(wait=False)
-
-
-def lane_thread(executor: object) -> str:
-    """The name of the thread a lane handle's calls run on now."""
-    assert isinstance(executor, offload.Lane)
-    thread = executor.get_executor()
-    assert isinstance(thread, offload.AffineThread)
-    return thread.name
 
 
 def thread_name(_conn: psycopg.Connection[Any]) -> str:
@@ -263,7 +241,11 @@ class BankAppTest(AsyncHTTPTestCase):
     async def test_the_app_keeps_working_when_the_connections_name_is_repointed(self) -> None:
         """``register(CONNECTIONS, Lanes(1), replace=True)``: the pool's calls move there."""
         assert (await self.transfer(1, 2, 10))[0] == 201
-        with connections_repointed(offload.Lanes(1, name="pg-repointed")):
+        with repointed(
+            pg_driver.CONNECTIONS,
+            offload.Lanes(1, name="pg-repointed"),
+            then=lambda: offload.Lanes(8, name="pg-conn"),
+        ):
             threads = {await offload.within(conn, thread_name) for conn in self.pool.connections}
             assert threads == {"pg-repointed_0"}  # both connections share the one lane
             assert await self.transfer(1, 2, 10) == (201, {"balances": {"1": 80, "2": 120}})

@@ -7,7 +7,6 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
 
 import offload
-from tests.conftest import WAIT, hold
+from tests.conftest import WAIT, hold, lane_thread, repointed
 from tests.servers import RedisServer, free_port
 from tests.test_sqlite_example import Heartbeat, until
 
@@ -28,27 +27,6 @@ from tests.test_sqlite_example import Heartbeat, until
 def sync_client(server: RedisServer) -> redis.Redis:
     """A plain redis-py client, to look at the server behind the app's back."""
     return redis.Redis.from_url(server.url, decode_responses=True)
-
-
-@contextmanager
-def lanes_repointed(lanes: offload.Lanes) -> Iterator[None]:
-    """``LANES`` pointed at ``lanes`` for the block, then at lanes like the driver's default."""
-    offload.register(redis_driver.LANES, lanes, replace=True)
-    try:
-        yield
-    finally:
-        offload.register(
-            redis_driver.LANES, lambda: offload.Lanes(8, name="redis_lane"), replace=True
-        )
-        lanes.shutdown(wait=False)
-
-
-def lane_thread(executor: object) -> str:
-    """The name of the thread a lane handle's calls run on now."""
-    assert isinstance(executor, offload.Lane)
-    thread = executor.get_executor()
-    assert isinstance(thread, offload.AffineThread)
-    return thread.name
 
 
 def thread_name(_client: redis.Redis) -> str:
@@ -221,7 +199,11 @@ class RedisAppTest(AsyncHTTPTestCase):
     async def test_the_app_keeps_working_when_the_lanes_name_is_repointed(self) -> None:
         """``register(LANES, Lanes(2), replace=True)``: the clients' calls move there, and work."""
         assert (await self.call("POST", "/visits/home", "before"))[0] == 200
-        with lanes_repointed(offload.Lanes(2, name="redis-repointed")):
+        with repointed(
+            redis_driver.LANES,
+            offload.Lanes(2, name="redis-repointed"),
+            then=lambda: offload.Lanes(8, name="redis_lane"),
+        ):
             threads = [await offload.within(c, thread_name) for c in self.lanes.clients]
             assert {name.rsplit("_", 1)[0] for name in threads} == {"redis-repointed"}
             assert await self.call("POST", "/visits/home", "after") == (

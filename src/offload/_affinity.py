@@ -32,9 +32,8 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
 from typing import ParamSpec, TypeVar
 
-from ._call import fail_unstarted, run
 from ._errors import ExecutorShutdownError
-from ._pool import Job, abandon_submitted, fail_running, run_submitted
+from ._pool import Job, abandon_submitted, give_up_jobs, run_submitted, take_queued
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -165,14 +164,7 @@ class _OneThread(Executor):
 
     def _take_queued(self) -> list[Job]:
         """Empty the queue (with the lock held): the jobs in it, stop signals left out."""
-        jobs: list[Job] = []
-        while True:
-            try:
-                job = self._line.jobs.get(block=False)
-            except queue.Empty:
-                return jobs
-            if job is not None:
-                jobs.append(job)
+        return take_queued(self._line.jobs)
 
     def _give_up(self, error: Callable[[], BaseException]) -> None:
         """After a shutdown that timed out: fail every call still queued or running.
@@ -184,14 +176,7 @@ class _OneThread(Executor):
         with self._lock:
             queued = self._take_queued()
             self._line.jobs.put(None)  # the stop signal, taken out with the rest
-        for job in queued:
-            if job[0] is run:
-                fail_unstarted(job, error())
-            else:
-                job[1](job)
-        running = self._line.current
-        if running is not None and running[0] is run:
-            fail_running(running, error())
+        give_up_jobs(queued, [self._line.current], error)
 
 
 def end_dropped(dropped: list[Job]) -> None:

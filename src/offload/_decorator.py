@@ -180,6 +180,10 @@ def wrap(registry: Registry, fn: Any, spec: ExecutorSpec, timeout: float | None 
 
 _Runner = Callable[[Any, Any, Any, Any], "Future[Any]"]
 
+# Each runner below repeats the same few lines (the running loop, a class-call's bound
+# method) on purpose: this is every call's path, and a shared helper would add a Python
+# call to each.
+
 
 def _through_name(registry: Registry, name: str, timeout: float | None) -> _Runner:
     # Looked up at every call, so an application can re-point the name.

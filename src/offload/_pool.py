@@ -298,14 +298,7 @@ class ThreadPool(ThreadPoolExecutor):
 
     def _take_queued(self) -> list[Job]:
         """Empty the queue (with the lock held): the jobs in it, stop signals left out."""
-        jobs: list[Job] = []
-        while True:
-            try:
-                job = self._queue.get(block=False)
-            except queue.Empty:
-                return jobs
-            if job is not None:
-                jobs.append(job)
+        return take_queued(self._queue)
 
     def _give_up(self, error: Callable[[], BaseException]) -> None:
         """After a shutdown that timed out: fail every call still queued or running.
@@ -317,14 +310,7 @@ class ThreadPool(ThreadPoolExecutor):
         with self._lock:
             queued = self._take_queued()
             self._queue.put(None)  # the stop signal, taken out with the rest
-        for job in queued:
-            if job[0] is run:
-                fail_unstarted(job, error())
-            else:
-                job[1](job)
-        for running in list(self._current):
-            if running is not None and running[0] is run:
-                fail_running(running, error())
+        give_up_jobs(queued, list(self._current), error)
 
     def _join(self, timeout: float | None = None) -> bool:
         """Wait for the threads of a shut-down pool; true if all have ended."""
@@ -344,3 +330,33 @@ def fail_running(call: Job, error: BaseException) -> None:
     # Fail the Future now; the thread's own outcome, when it comes, is dropped.
     # If the caller gave up already, the call's own end counts that: not here.
     call[DELIVERY].push(call[FUTURE], None, GaveUp(error), call[ROUTE].stats)
+
+
+def take_queued(jobs: queue.SimpleQueue[Job | None]) -> list[Job]:
+    """Empty a job queue (with its executor's lock held): the jobs in it, stop signals left out."""
+    taken: list[Job] = []
+    while True:
+        try:
+            job = jobs.get(block=False)
+        except queue.Empty:
+            return taken
+        if job is not None:
+            taken.append(job)
+
+
+def give_up_jobs(
+    queued: list[Job], running: list[Job | None], error: Callable[[], BaseException]
+) -> None:
+    """End what a shutdown that timed out gives up on: queued jobs unrun, running calls failed.
+
+    Offloaded calls fail with ``error()`` (a running one runs on, its outcome dropped);
+    ``submit`` jobs that have not started are cancelled.
+    """
+    for job in queued:
+        if job[0] is run:
+            fail_unstarted(job, error())
+        else:
+            job[1](job)
+    for call in running:
+        if call is not None and call[0] is run:
+            fail_running(call, error())
