@@ -2,7 +2,7 @@
 
 A facade instance holds a sync instance as ``__wrapped__`` and an executor.
 What the declaration lists (checked and resolved by ``_declare``) decides what
-each attribute becomes:
+each attribute becomes (built by ``_members``):
 
 - ``run``: a method returning a Future; the sync method runs on the executor.
 - ``sync``: a method called as is, on the caller's thread.
